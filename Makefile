@@ -1,0 +1,66 @@
+# flbook: build the environment, run the tests, open the workbook.
+#
+#   make lab                     create .venv if needed and start JupyterLab on notebooks/
+#   make lab ARGS=--no-browser   the same on a headless machine (open the printed URL yourself)
+#   make test                    unit tests, then every notebook under nbval
+#   make test-unit | test-notebooks | clean | distclean
+#
+# Variables: PYTHON (interpreter that creates .venv), PORT (JupyterLab's port), ARGS or LAB_ARGS
+# (extra JupyterLab options). The environment is rebuilt only when pyproject.toml changes.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PORT ?= 8888
+ARGS ?=
+LAB_ARGS ?= $(ARGS)
+# Installed only when .venv has no torch yet: to use another build (e.g. CUDA), pip-install it into .venv first.
+TORCH_VERSION := 2.13.0
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.flbook-installed
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+NOTEBOOKS := $(shell find notebooks -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*')
+NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+
+.PHONY: help install lab test test-unit test-notebooks clean distclean
+
+help:
+	@sed -n '3,9s/^# \{0,1\}//p' Makefile
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/python -m pip install torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -e '.[notebooks,test]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3
+	touch $@
+
+lab: install
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(PORT) $(ALLOW_ROOT) $(LAB_ARGS)
+
+test: test-unit test-notebooks
+
+test-unit: install
+	$(BIN)/python -m pytest tests
+
+# Without notebooks pytest would collect nothing and exit 5, so the step is skipped instead.
+# MPLBACKEND is cleared so the kernel keeps its inline backend and figures reach the outputs.
+test-notebooks: install
+ifeq ($(NOTEBOOKS),)
+	@echo "no notebooks to test"
+else
+	env -u MPLBACKEND PYTHONHASHSEED=0 $(BIN)/python -m pytest $(NBVAL) notebooks
+endif
+
+clean:
+	find . -path ./$(VENV) -prune -o -path ./.git -prune -o \
+		\( -name __pycache__ -o -name .ipynb_checkpoints -o -name .pytest_cache \
+		-o -name .hypothesis -o -name '*.egg-info' \) -type d -print -exec rm -rf {} +
+	rm -rf build dist
+
+distclean: clean
+	rm -rf $(VENV)
