@@ -1,0 +1,52 @@
+"""The `Dataset` container every loader returns: train/test tensors plus the metadata models need."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(eq=False)
+class Dataset:
+    """Train and test tensors of one dataset, with its name, classes, input shape and natural clients."""
+
+    name: str
+    x_train: torch.Tensor  # (n_train, *input_shape) float32
+    y_train: torch.Tensor  # (n_train,) int64
+    x_test: torch.Tensor  # (n_test, *input_shape) float32
+    y_test: torch.Tensor  # (n_test,) int64
+    n_classes: int
+    input_shape: tuple[int, ...]
+    client_indices: list[np.ndarray] | None = None  # a natural partition of x_train, when the data has one
+
+    def __post_init__(self) -> None:
+        self.input_shape = tuple(int(d) for d in self.input_shape)
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if tuple(x.shape[1:]) != self.input_shape:
+                raise ValueError(f"x_{split} must have shape (n, *{self.input_shape}), got {tuple(x.shape)}")
+            if y.shape != (x.shape[0],):
+                raise ValueError(f"y_{split} must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+
+    def to(self, device: str | torch.device) -> Dataset:
+        """A copy with all four tensors moved to `device` (client indices stay NumPy arrays)."""
+        moved = {f: getattr(self, f).to(device) for f in ("x_train", "y_train", "x_test", "y_test")}
+        return dataclasses.replace(self, **moved)
+
+    @property
+    def n_features(self) -> int:
+        """Number of input features: the product of `input_shape`."""
+        return math.prod(self.input_shape)
+
+    @property
+    def device(self) -> torch.device:
+        """The device the tensors live on."""
+        return self.x_train.device
+
+    def __repr__(self) -> str:
+        clients = "" if self.client_indices is None else f", clients={len(self.client_indices)}"
+        return (f"Dataset({self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
+                f"classes={self.n_classes}, input_shape={self.input_shape}{clients}, device={self.device})")
