@@ -1,0 +1,48 @@
+"""Statistics of a partition: per-client class counts, label entropy and sizes."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from flbook.partition.partitioners import _as_labels
+
+
+def counts_matrix(
+    labels: np.ndarray | torch.Tensor, parts: list[np.ndarray], n_classes: int | None = None
+) -> np.ndarray:
+    """(clients, classes) int matrix of how many samples of each class every client holds."""
+    labels = _as_labels(labels).astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"labels must be class ids >= 0, got {labels.min()}")
+    n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
+    if labels.size and not n_classes > labels.max():
+        raise ValueError(f"n_classes must be > the largest label ({labels.max()}), got {n_classes}")
+    return np.stack([np.bincount(labels[p], minlength=n_classes) for p in parts]).astype(np.int64)
+
+
+def label_entropy(
+    labels: np.ndarray | torch.Tensor, parts: list[np.ndarray], n_classes: int | None = None
+) -> np.ndarray:
+    """Shannon entropy (bits) of each client's label distribution: 0 for one class, log2(C) for uniform."""
+    counts = counts_matrix(labels, parts, n_classes)
+    p = counts / np.maximum(counts.sum(1, keepdims=True), 1)  # empty clients get entropy 0
+    return -(p * np.log2(np.where(p > 0, p, 1.0))).sum(1)
+
+
+def sizes(parts: list[np.ndarray]) -> np.ndarray:
+    """Number of samples per client."""
+    return np.array([len(p) for p in parts], dtype=np.int64)
+
+
+def summary(labels: np.ndarray | torch.Tensor, parts: list[np.ndarray]) -> pd.DataFrame:
+    """One row per client: client, size, entropy (bits), n_classes_present; a tidy table for seaborn."""
+    counts = counts_matrix(labels, parts)
+    return pd.DataFrame(
+        {
+            "client": np.arange(len(parts)),
+            "size": sizes(parts),
+            "entropy": label_entropy(labels, parts),
+            "n_classes_present": (counts > 0).sum(1),
+        }
+    )
