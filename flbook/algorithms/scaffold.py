@@ -1,0 +1,45 @@
+"""SCAFFOLD: control variates c (server) and c_i (client) correct each local step for client drift.
+
+Paper: Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging for Federated Learning", ICML 2020,
+https://arxiv.org/abs/1910.06378 (Algorithm 1, option II for the control-variate update).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
+
+
+@dataclass
+class Scaffold(Algorithm):
+    """SCAFFOLD with global step size eta_g; sends the model and c down, Delta y and Delta c up."""
+
+    server_lr: float = 1.0
+    name = "SCAFFOLD"
+
+    def init_server_state(self, x: torch.Tensor, n_clients: int) -> Tensors:
+        return {"c": torch.zeros_like(x)}
+
+    def init_client_state(self, x: torch.Tensor) -> Tensors:
+        return {"c_i": torch.zeros_like(x)}
+
+    def downlink(self, x: torch.Tensor, server_state: Tensors) -> Tensors:
+        return {"x": x, "c": server_state["c"]}
+
+    def client_update(self, down: Tensors, client_state: Tensors, batches: Batches,
+                      ctx: LocalContext) -> tuple[Tensors, Tensors]:
+        x, c, c_i = down["x"], down["c"], client_state["c_i"]
+        # y <- y - eta_l (g_i(y) - c_i + c)   (Alg. 1, line 10)
+        y = self.local_sgd(x, lambda y, xb, yb: y - ctx.lr * (ctx.grad(y, xb, yb) - c_i + c), batches)
+        # option II: c_i+ = c_i - c + (x - y) / (K eta_l)   (Alg. 1, line 12)
+        c_new = c_i - c + (x - y) / (batches.steps_taken() * ctx.lr)
+        return {"delta": y - x, "delta_c": c_new - c_i}, {"c_i": c_new}
+
+    def aggregate(self, x: torch.Tensor, server_state: Tensors, messages: Tensors, weights: torch.Tensor,
+                  info: RoundInfo) -> tuple[torch.Tensor, Tensors]:
+        # x <- x + eta_g * sum_i p_i Delta y_i;  c <- c + |S|/N * mean_i Delta c_i   (Alg. 1, lines 16-17)
+        x_new = x + self.server_lr * (weights @ messages["delta"])
+        c_new = server_state["c"] + messages["delta_c"].sum(0) / info.n_clients
+        return x_new, {"c": c_new}

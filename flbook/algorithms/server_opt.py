@@ -1,0 +1,58 @@
+"""Server optimizers: FedAvg's averaged update Delta used as a pseudo-gradient by momentum or Adam.
+
+Paper: Reddi et al., "Adaptive Federated Optimization", ICLR 2021, https://arxiv.org/abs/2003.00295
+(Algorithm 2); server momentum (FedAvgM) as in Hsu et al. 2019, https://arxiv.org/abs/1909.06335.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import Tensors
+from .fedavg import FedAvg
+
+
+@dataclass
+class FedAvgM(FedAvg):
+    """Server momentum: v <- beta v + Delta, x <- x + eta_g v."""
+
+    momentum: float = 0.9
+    name = "FedAvgM"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+
+    def init_server_state(self, x: torch.Tensor, n_clients: int) -> Tensors:
+        return {"v": torch.zeros_like(x)}
+
+    def server_step(self, x: torch.Tensor, delta: torch.Tensor, server_state: Tensors) -> tuple[torch.Tensor, Tensors]:
+        v = self.momentum * server_state["v"] + delta
+        return x + self.server_lr * v, {"v": v}
+
+
+@dataclass
+class FedAdam(FedAvg):
+    """FedAdam (Reddi et al., Alg. 2): m <- b1 m + (1-b1) Delta; v <- b2 v + (1-b2) Delta^2; x <- x + eta m / (sqrt v + tau)."""
+
+    server_lr: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3  # adaptivity: larger tau makes the step closer to momentum SGD
+    name = "FedAdam"
+
+    def __post_init__(self) -> None:
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.tau <= 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+
+    def init_server_state(self, x: torch.Tensor, n_clients: int) -> Tensors:
+        return {"m": torch.zeros_like(x), "v": torch.zeros_like(x)}
+
+    def server_step(self, x: torch.Tensor, delta: torch.Tensor, server_state: Tensors) -> tuple[torch.Tensor, Tensors]:
+        m = self.beta1 * server_state["m"] + (1 - self.beta1) * delta
+        v = self.beta2 * server_state["v"] + (1 - self.beta2) * delta.square()
+        return x + self.server_lr * m / (v.sqrt() + self.tau), {"m": m, "v": v}

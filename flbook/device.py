@@ -1,0 +1,44 @@
+"""Where tensors live and how many CPU threads torch uses."""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+import torch
+
+
+def default_device() -> torch.device:
+    """The device to train on: `FLBOOK_DEVICE` if set, else CUDA when available, else CPU."""
+    name = os.environ.get("FLBOOK_DEVICE", "").strip()
+    if name:
+        try:
+            device = torch.device(name)
+        except RuntimeError as err:
+            raise ValueError(f"FLBOOK_DEVICE must name a torch device such as 'cpu' or 'cuda:0', got {name!r}") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"FLBOOK_DEVICE={name!r} but CUDA is not available on this machine")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`None` means `default_device()`; anything else is parsed as a torch device."""
+    return default_device() if device is None else torch.device(device)
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Run a block with `n` intra-op CPU threads (None: leave torch's setting alone).
+
+    Tiny federated models do many small matrix products; on a 2-core machine extra intra-op threads only
+    add synchronisation, so the federation picks a count per model size (see `Federation`)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

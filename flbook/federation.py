@@ -1,0 +1,240 @@
+"""The server-based federation: client shards on the device, the round loop, evaluation and the history.
+
+The federation knows nothing about any particular algorithm. Each round it samples clients, sends them
+`algorithm.downlink(...)` over the channel, lets an executor run `algorithm.client_update` for the cohort,
+carries the messages back and calls `algorithm.aggregate`. Every algorithm run by one federation sees the
+same initial model, the same sampled clients and the same minibatches (all drawn from `seed`).
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .algorithms.base import Algorithm, LocalContext, RoundInfo, Tensors
+from .channel import Channel
+from .device import cpu_threads, resolve_device
+from .executors import BatchedExecutor, Cohort, LoopExecutor
+from .models import FlatModel, make_model
+from .participation import Participation, Uniform
+
+
+class DivergenceError(RuntimeError):
+    """Training produced non-finite parameters or loss."""
+
+
+def _positive(name: str, value: float, integer: bool = False) -> None:
+    if integer and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+class Federation:
+    """A federated task: data split over clients, a model, local-training settings and a round loop."""
+
+    def __init__(self, dataset, partition: Sequence[np.ndarray] | None = None, model: FlatModel | str = "mlp", *,
+                 local_steps: int = 5, local_epochs: float | None = None, batch_size: int = 32, lr: float = 0.1,
+                 weight_decay: float = 0.0, participation: float | Participation = 1.0,
+                 clients_per_round: int | None = None, seed: int = 0, device: str | torch.device | None = None,
+                 executor: str | LoopExecutor | BatchedExecutor = "auto", channel: Channel | None = None,
+                 threads: int | str | None = "auto"):
+        _positive("local_steps", local_steps, integer=True)
+        _positive("batch_size", batch_size, integer=True)
+        _positive("lr", lr)
+        if local_epochs is not None:
+            _positive("local_epochs", local_epochs)
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        self.device = resolve_device(device)
+        self.dataset = dataset
+        parts = dataset.client_indices if partition is None else partition
+        if parts is None:
+            raise ValueError(f"partition is required: dataset {dataset.name!r} has no natural client split")
+        self._set_partition(parts, len(dataset.y_train))
+        self.model = (make_model(model, dataset.input_shape, dataset.n_classes) if isinstance(model, str)
+                      else model).to(self.device)
+        self.local_steps, self.local_epochs, self.batch_size = local_steps, local_epochs, batch_size
+        self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
+        self.participation = (participation if not isinstance(participation, (int, float))
+                              else Uniform(fraction=None if clients_per_round else participation, count=clients_per_round))
+        self.channel = channel or Channel()
+        self.executor_choice = executor
+        self.final_models: dict[str, torch.Tensor] = {}  # label -> parameters after its last run
+        self.threads = threads
+        # Data moves to the device once; rounds only index these tensors.
+        self.x_train = dataset.x_train.to(self.device)
+        self.y_train = dataset.y_train.to(self.device)
+        self.x_test = dataset.x_test.to(self.device)
+        self.y_test = dataset.y_test.to(self.device)
+
+    def _set_partition(self, parts: Sequence[np.ndarray], n_samples: int) -> None:
+        sizes = np.array([len(p) for p in parts])
+        if len(parts) == 0:
+            raise ValueError("partition must hold at least one client")
+        if (sizes == 0).any():
+            raise ValueError(f"every client needs at least one sample; client {int(np.argmin(sizes))} has none")
+        order = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
+        if order.min() < 0 or order.max() >= n_samples:
+            raise ValueError(f"partition indices must lie in [0, {n_samples}), the training set's size")
+        self.partition = [np.asarray(p, dtype=np.int64) for p in parts]
+        self.n_clients = len(parts)
+        device = self.device
+        self.client_sizes = torch.as_tensor(sizes, device=device)  # (N,)
+        self._order = torch.as_tensor(order, device=device)  # client shards, concatenated
+        self._offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(sizes)[:-1]]), device=device)  # (N,)
+
+    # ----------------------------------------------------------------------------------- one round's pieces
+    def steps_for(self, clients: torch.Tensor) -> torch.Tensor | None:
+        """Local steps per sampled client: None when all take `local_steps`, else ceil(E n_i / B) each."""
+        if self.local_epochs is None:
+            return None
+        sizes = self.client_sizes[clients].double()
+        return torch.ceil(self.local_epochs * sizes / self.batch_size).long().clamp(min=1)
+
+    def sample_batches(self, clients: torch.Tensor, steps: torch.Tensor | None,
+                       generator: torch.Generator) -> torch.Tensor:
+        """Sample ids (M, K, B): each client walks through a fresh shuffle of its shard, wrapping around.
+
+        Within a round a client sees each of its samples once before any repeats (an epoch-like pass);
+        clients with fewer than K*B samples start the same shuffle again."""
+        n_steps = self.local_steps if steps is None else int(steps.max())
+        sizes = self.client_sizes[clients]  # (M,)
+        width = int(sizes.max())
+        keys = torch.rand(len(clients), width, generator=generator, device=self.device)  # (M, n_max)
+        keys.masked_fill_(torch.arange(width, device=self.device) >= sizes[:, None], 2.0)
+        shuffle = keys.argsort(dim=1)  # (M, n_max), a client's own positions come first
+        slot = torch.arange(n_steps * self.batch_size, device=self.device)  # (K*B,)
+        position = shuffle.gather(1, slot[None, :] % sizes[:, None])  # (M, K*B)
+        index = self._order[self._offsets[clients][:, None] + position]
+        return index.view(len(clients), n_steps, self.batch_size)  # (M, K, B)
+
+    def executor_for(self, algorithm: Algorithm) -> LoopExecutor | BatchedExecutor:
+        """The executor to use: the user's choice, else the faster one for this model and device.
+
+        Measured by `python -m flbook.bench`: on a GPU batching wins for every model; on a CPU it wins for
+        logistic regression only (per-client weights defeat the shared-weight matrix product)."""
+        choice = self.executor_choice
+        if not isinstance(choice, str):
+            return choice
+        if choice == "loop":
+            return LoopExecutor()
+        if choice == "batched":
+            if not algorithm.batchable:
+                raise ValueError(f"{algorithm.name} cannot run under the batched executor; use executor='loop'")
+            return BatchedExecutor()
+        if choice != "auto":
+            raise ValueError(f"executor must be 'auto', 'loop', 'batched' or an executor object, got {choice!r}")
+        fast = self.device.type == "cuda" or self.model.kind == "logistic"
+        return BatchedExecutor() if algorithm.batchable and fast else LoopExecutor()
+
+    def thread_count(self) -> int | None:
+        """Intra-op CPU threads for training: one for small models (threads only add overhead there)."""
+        if self.threads != "auto":
+            return self.threads
+        if self.device.type != "cpu":
+            return None
+        return 1 if self.model.n_params < 500_000 else None
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def _predict(self, theta: torch.Tensor, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+        return torch.cat([self.model(theta, x[i:i + chunk]) for i in range(0, len(x), chunk)])
+
+    @torch.no_grad()
+    def evaluate(self, theta: torch.Tensor) -> dict[str, float]:
+        """Global test accuracy and loss of parameters `theta`."""
+        logits = self._predict(theta, self.x_test)
+        loss = torch.nn.functional.cross_entropy(logits, self.y_test).item()
+        acc = (logits.argmax(1) == self.y_test).float().mean().item()
+        return {"test_acc": acc, "test_loss": loss}
+
+    @torch.no_grad()
+    def client_accuracy(self, theta: torch.Tensor) -> np.ndarray:
+        """Accuracy of `theta` on each client's own training data, shape (N,)."""
+        correct = (self._predict(theta, self.x_train[self._order]).argmax(1) == self.y_train[self._order]).double()
+        owner = torch.repeat_interleave(torch.arange(self.n_clients, device=self.device), self.client_sizes)
+        hits = torch.zeros(self.n_clients, dtype=torch.double, device=self.device).index_add_(0, owner, correct)
+        return (hits / self.client_sizes).cpu().numpy()
+
+    def initial_model(self) -> torch.Tensor:
+        """x^0, the same for every algorithm run on this federation."""
+        return self.model.init(self.seed, self.device)
+
+    # ---------------------------------------------------------------------------------------- the round loop
+    def run(self, algorithm: Algorithm, rounds: int, *, eval_every: int = 1, progress: bool = True,
+            on_divergence: str = "raise", label: str | None = None) -> pd.DataFrame:
+        """Train `algorithm` for `rounds` rounds; returns the history, one row per evaluation.
+
+        on_divergence: "raise" a `DivergenceError`, or "stop" with a warning and return the rows so far
+        (the history's `attrs["diverged_at"]` names the round)."""
+        _positive("rounds", rounds, integer=True)
+        _positive("eval_every", eval_every, integer=True)
+        if on_divergence not in ("raise", "stop"):
+            raise ValueError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
+        label = label or str(algorithm)
+        executor = self.executor_for(algorithm)
+        ctx = LocalContext(self.model, self.lr, self.weight_decay, algorithm.loss)
+        rng = np.random.default_rng(self.seed)  # client sampling and channel randomness
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)  # minibatches
+        x = self.initial_model()
+        server_state = algorithm.init_server_state(x, self.n_clients)
+        client_state = {k: v.expand(self.n_clients, *v.shape).clone() for k, v in algorithm.init_client_state(x).items()}
+        bits_up = bits_down = 0
+        rows = [self._row(label, 0, x, 0, 0, 0.0)]
+        start = time.perf_counter()
+        diverged_at = None
+        with cpu_threads(self.thread_count()):
+            for t in tqdm(range(1, rounds + 1), desc=label, disable=not progress, leave=False):
+                ids = torch.as_tensor(self.participation.sample(t, self.n_clients, rng), device=self.device)
+                down, bits = self.channel.downlink(algorithm.downlink(x, server_state), len(ids), rng)
+                bits_down += bits
+                steps = self.steps_for(ids)
+                cohort = Cohort(self.x_train, self.y_train, self.sample_batches(ids, steps, generator), steps)
+                messages, new_state = executor(algorithm, down, {k: v[ids] for k, v in client_state.items()}, cohort, ctx)
+                for k, v in new_state.items():
+                    client_state[k][ids] = v
+                messages, bits = self.channel.uplink(messages, rng)
+                bits_up += bits
+                sizes = self.client_sizes[ids].to(x.dtype)
+                info = RoundInfo(t, ids, self.n_clients, self.client_sizes)
+                x, server_state = algorithm.aggregate(x, server_state, messages, sizes / sizes.sum(), info)
+                if not torch.isfinite(x).all():
+                    diverged_at = t
+                    break
+                if t % eval_every == 0 or t == rounds:
+                    rows.append(self._row(label, t, x, bits_up, bits_down, time.perf_counter() - start))
+                    if not math.isfinite(rows[-1]["test_loss"]):
+                        diverged_at = t
+                        rows.pop()
+                        break
+        history = pd.DataFrame(rows)
+        self.final_models[label] = x
+        if diverged_at is not None:
+            message = (f"{label} diverged at round {diverged_at} (non-finite parameters or loss); "
+                       f"try a smaller learning rate than lr={self.lr}")
+            if on_divergence == "raise":
+                raise DivergenceError(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            history.attrs["diverged_at"] = diverged_at
+        return history
+
+    def _row(self, label: str, t: int, x: torch.Tensor, bits_up: int, bits_down: int, seconds: float) -> dict:
+        return {"algorithm": label, "round": t, **self.evaluate(x), "bytes_up": bits_up // 8,
+                "bytes_down": bits_down // 8, "wall_time": seconds}
+
+    def compare(self, algorithms: Mapping[str, Algorithm] | Iterable[Algorithm], rounds: int, **run_kwargs) -> pd.DataFrame:
+        """Run several algorithms on this federation (same partition, seed and batches); one long history."""
+        named = algorithms.items() if isinstance(algorithms, Mapping) else ((str(a), a) for a in algorithms)
+        histories = [self.run(algo, rounds, label=name, **run_kwargs) for name, algo in named]
+        return pd.concat(histories, ignore_index=True)
+
+    def __repr__(self) -> str:
+        return (f"Federation({self.dataset.name}, {self.n_clients} clients, {self.model}, "
+                f"local_steps={self.local_steps}, batch_size={self.batch_size}, lr={self.lr}, device={self.device})")

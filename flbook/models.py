@@ -1,0 +1,103 @@
+"""Models used functionally: one flat parameter vector per client, called through `functional_call`.
+
+Algorithms never touch `nn.Module` copies. A client's model is a vector `theta` of shape (P,); many clients
+are a matrix (M, P). `FlatModel` turns a vector back into named tensors (views, no copies) so the same code
+runs for one client or, under `torch.func.vmap`, for a whole cohort.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+
+class FlatModel:
+    """A module's architecture plus the map between its named parameters and one flat vector."""
+
+    def __init__(self, module: nn.Module, kind: str):
+        if any(True for _ in module.buffers()):
+            raise ValueError("FlatModel supports modules without buffers (use GroupNorm, not BatchNorm)")
+        self.module = module
+        self.kind = kind
+        named = list(module.named_parameters())
+        self.names = [name for name, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.numels = [p.numel() for _, p in named]
+        self.n_params = sum(self.numels)
+
+    def init(self, seed: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
+        """A fresh initial parameter vector (the module's default init, seeded)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for layer in self.module.modules():
+                if layer is not self.module and hasattr(layer, "reset_parameters"):
+                    layer.reset_parameters()
+            theta = torch.cat([p.detach().reshape(-1) for p in self.module.parameters()])
+        return theta.to(device)
+
+    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named parameter views of a flat vector (P,)."""
+        chunks = torch.split(theta, self.numels)
+        return {name: c.view(shape) for name, c, shape in zip(self.names, chunks, self.shapes)}
+
+    def __call__(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the model with parameters `theta` on inputs `x` (B, *input_shape) -> (B, classes)."""
+        return functional_call(self.module, self.unflatten(theta), (x,))
+
+    def to(self, device: torch.device | str) -> "FlatModel":
+        """Move the architecture's (unused) parameters to `device`, so `functional_call` sees one device."""
+        self.module.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        return f"FlatModel({self.kind}, {self.n_params:,} parameters)"
+
+
+def logistic(n_features: int, n_classes: int) -> FlatModel:
+    """Multinomial logistic regression: softmax(W x + b), a convex baseline."""
+    return FlatModel(nn.Sequential(nn.Flatten(), nn.Linear(n_features, n_classes)), "logistic")
+
+
+def mlp(n_features: int, n_classes: int, hidden: tuple[int, ...] = (200, 200)) -> FlatModel:
+    """A ReLU multilayer perceptron (McMahan et al.'s 2NN is hidden=(200, 200) on MNIST)."""
+    if not hidden or any(h < 1 for h in hidden):
+        raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    widths = (n_features, *hidden)
+    for w_in, w_out in zip(widths, widths[1:]):
+        layers += [nn.Linear(w_in, w_out), nn.ReLU()]
+    layers.append(nn.Linear(widths[-1], n_classes))
+    return FlatModel(nn.Sequential(*layers), "mlp")
+
+
+def cnn(input_shape: tuple[int, ...], n_classes: int, channels: tuple[int, int] = (16, 32), groups: int = 4) -> FlatModel:
+    """A small CNN for (C, H, W) images: two conv-GroupNorm-ReLU-pool blocks and a linear head.
+
+    GroupNorm, not BatchNorm: batch statistics are per-client buffers that federated averaging breaks."""
+    if len(input_shape) != 3:
+        raise ValueError(f"cnn needs image inputs of shape (C, H, W), got input_shape={input_shape}")
+    c_in, height, width = input_shape
+    c1, c2 = channels
+    body = nn.Sequential(
+        nn.Conv2d(c_in, c1, 3, padding=1), nn.GroupNorm(groups, c1), nn.ReLU(), nn.MaxPool2d(2),  # (c1, H/2, W/2)
+        nn.Conv2d(c1, c2, 3, padding=1), nn.GroupNorm(groups, c2), nn.ReLU(), nn.MaxPool2d(2),  # (c2, H/4, W/4)
+        nn.Flatten(),
+    )
+    flat = c2 * (height // 4) * (width // 4)
+    return FlatModel(nn.Sequential(body, nn.Linear(flat, n_classes)), "cnn")
+
+
+MODELS = ("logistic", "mlp", "cnn")
+
+
+def make_model(name: str, input_shape: tuple[int, ...], n_classes: int, **kwargs) -> FlatModel:
+    """Build a model by name for data of `input_shape` with `n_classes` classes."""
+    if name == "logistic":
+        return logistic(math.prod(input_shape), n_classes)
+    if name == "mlp":
+        return mlp(math.prod(input_shape), n_classes, **kwargs)
+    if name == "cnn":
+        return cnn(tuple(input_shape), n_classes, **kwargs)
+    raise ValueError(f"model must be one of {MODELS}, got {name!r}")

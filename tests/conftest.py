@@ -1,0 +1,26 @@
+"""Shared fixtures: small, fast federations on scikit-learn's bundled digits."""
+import numpy as np
+import pytest
+import torch
+
+from flbook.data import digits
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    return digits()
+
+
+def equal_parts(n_samples: int, n_clients: int, per_client: int, seed: int = 0) -> list[np.ndarray]:
+    """Disjoint equal-size client shards, so a batch of `per_client` is exactly one full local batch."""
+    ids = np.random.default_rng(seed).permutation(n_samples)[: n_clients * per_client]
+    return [np.sort(chunk) for chunk in ids.reshape(n_clients, per_client)]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Unit tests use one intra-op thread: tiny models, two cores, several processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

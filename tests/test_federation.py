@@ -1,0 +1,174 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import equal_parts
+from flbook import DivergenceError, Federation
+from flbook.algorithms import FedAdam, FedAvg, FedAvgM, FedProx, Scaffold
+from flbook.executors import BatchedExecutor, LoopExecutor
+
+
+def _dirichlet_like(labels, n_clients, seed=0):
+    """A skewed split without depending on the partition module: each client takes mostly two classes."""
+    rng = np.random.default_rng(seed)
+    owner = (labels * 2 // 3 + rng.integers(0, 2, len(labels))) % n_clients
+    return [np.flatnonzero(owner == k) for k in range(n_clients)]
+
+
+@pytest.fixture
+def skewed(digits_data):
+    return _dirichlet_like(digits_data.y_train.numpy(), 6)
+
+
+def test_history_columns_and_bytes(digits_data, skewed):
+    fed = Federation(digits_data, skewed, "logistic", local_steps=2, clients_per_round=4, seed=1)
+    hist = fed.run(FedAvg(), 3, progress=False)
+    assert list(hist["round"]) == [0, 1, 2, 3]
+    assert {"algorithm", "round", "test_acc", "test_loss", "bytes_up", "bytes_down"} <= set(hist.columns)
+    per_message = fed.model.n_params * 4  # float32
+    assert list(hist.bytes_up) == [t * 4 * per_message for t in range(4)]
+    assert list(hist.bytes_down) == list(hist.bytes_up)
+    scaffold = fed.run(Scaffold(), 3, progress=False)
+    assert list(scaffold.bytes_up) == [2 * b for b in hist.bytes_up]  # Delta y and Delta c
+    assert list(scaffold.bytes_down) == [2 * b for b in hist.bytes_down]  # x and c
+
+
+def test_same_seed_same_numbers(digits_data, skewed):
+    runs = [Federation(digits_data, skewed, "mlp", participation=0.5, seed=3).run(FedAvg(), 3, progress=False)
+            for _ in range(2)]
+    cols = ["round", "test_acc", "test_loss", "bytes_up"]
+    pd.testing.assert_frame_equal(runs[0][cols], runs[1][cols])
+    other = Federation(digits_data, skewed, "mlp", participation=0.5, seed=4).run(FedAvg(), 3, progress=False)
+    assert not np.allclose(other.test_loss, runs[0].test_loss)
+
+
+def test_fedavg_one_full_batch_step_equals_centralized_gradient_step(digits_data):
+    parts = equal_parts(len(digits_data.y_train), n_clients=5, per_client=40)
+    lr = 0.3
+    fed = Federation(digits_data, parts, "mlp", local_steps=1, batch_size=40, lr=lr, executor="loop")
+    fed.run(FedAvg(), 1, progress=False)
+    x0 = fed.initial_model()
+    union = torch.as_tensor(np.concatenate(parts))
+    leaf = x0.clone().requires_grad_()
+    loss = torch.nn.functional.cross_entropy(fed.model(leaf, digits_data.x_train[union]), digits_data.y_train[union])
+    (grad,) = torch.autograd.grad(loss, leaf)
+    assert torch.allclose(fed.final_models["FedAvg"], x0 - lr * grad, atol=1e-6)
+
+
+def test_fedprox_with_mu_zero_equals_fedavg(digits_data, skewed):
+    fed = Federation(digits_data, skewed, "mlp", local_steps=3, participation=0.5)
+    fed.run(FedAvg(), 3, progress=False, label="a")
+    fed.run(FedProx(mu=0.0), 3, progress=False, label="b")
+    assert torch.equal(fed.final_models["a"], fed.final_models["b"])
+    fed.run(FedProx(mu=0.5), 3, progress=False, label="c")
+    assert not torch.allclose(fed.final_models["a"], fed.final_models["c"])
+
+
+def test_scaffold_one_step_full_batch_equals_fedavg(digits_data):
+    """With one full-batch local step and equal weights, SCAFFOLD's corrections cancel in the average."""
+    parts = equal_parts(len(digits_data.y_train), n_clients=4, per_client=50)
+    fed = Federation(digits_data, parts, "logistic", local_steps=1, batch_size=50, lr=0.5)
+    a = fed.run(FedAvg(), 4, progress=False)
+    b = fed.run(Scaffold(), 4, progress=False)
+    assert np.allclose(a.test_loss, b.test_loss, atol=1e-5)
+    # with several local steps the control variates change the trajectory
+    fed.local_steps = 3
+    c = fed.run(FedAvg(), 4, progress=False)
+    d = fed.run(Scaffold(), 4, progress=False)
+    assert not np.allclose(c.test_loss, d.test_loss, atol=1e-4)
+
+
+@pytest.mark.parametrize("algorithm", [FedAvg(), FedProx(mu=0.1), Scaffold(), FedAvgM(), FedAdam()], ids=str)
+@pytest.mark.parametrize("epochs", [None, 1.0])
+def test_loop_and_batched_executors_agree(digits_data, skewed, algorithm, epochs):
+    results = []
+    for executor in (LoopExecutor(), BatchedExecutor(chunk_size=4)):
+        fed = Federation(digits_data, skewed, "mlp", local_steps=3, local_epochs=epochs, batch_size=16,
+                         participation=0.5, executor=executor, seed=2)
+        results.append(fed.run(algorithm, 3, progress=False).test_loss.to_numpy())
+        results.append(fed.final_models[str(algorithm)])
+    assert np.allclose(results[0], results[2], atol=1e-5)
+    assert torch.allclose(results[1], results[3], atol=1e-5)
+
+
+def test_batch_sampling_stays_in_each_shard(digits_data, skewed):
+    fed = Federation(digits_data, skewed, "logistic", local_steps=4, batch_size=8)
+    clients = torch.tensor([0, 3, 5])
+    index = fed.sample_batches(clients, None, torch.Generator().manual_seed(0))
+    assert index.shape == (3, 4, 8)
+    for row, k in zip(index, clients):
+        ids = row.reshape(-1).numpy()
+        assert set(ids) <= set(skewed[int(k)])
+        if len(skewed[int(k)]) >= ids.size:
+            assert len(set(ids)) == ids.size  # no repeats within a round while the shard lasts
+
+
+def test_local_epochs_gives_each_client_its_own_step_count(digits_data, skewed):
+    fed = Federation(digits_data, skewed, "logistic", local_epochs=2, batch_size=32)
+    steps = fed.steps_for(torch.arange(6))
+    expected = np.ceil(2 * np.array([len(p) for p in skewed]) / 32)
+    assert steps.tolist() == expected.tolist()
+
+
+def test_client_accuracy_matches_train_accuracy(digits_data, skewed):
+    fed = Federation(digits_data, skewed, "logistic")
+    fed.run(FedAvg(), 2, progress=False)
+    theta = fed.final_models["FedAvg"]
+    per_client = fed.client_accuracy(theta)
+    assert per_client.shape == (6,) and ((0 <= per_client) & (per_client <= 1)).all()
+    sizes = np.array([len(p) for p in skewed])
+    union = np.concatenate(skewed)
+    pred = fed.model(theta, digits_data.x_train[union]).argmax(1)
+    overall = (pred == digits_data.y_train[union]).float().mean().item()
+    assert np.isclose((per_client * sizes).sum() / sizes.sum(), overall)
+
+
+def test_divergence_is_reported_with_its_round(digits_data, skewed):
+    fed = Federation(digits_data, skewed, "mlp", lr=1e6)
+    with pytest.raises(DivergenceError, match=r"diverged at round \d+"):
+        fed.run(FedAvg(), 5, progress=False)
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        hist = fed.run(FedAvg(), 5, progress=False, on_divergence="stop")
+    assert hist.attrs["diverged_at"] >= 1
+    assert np.isfinite(hist.test_loss).all()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lr": 0}, "lr must be > 0"),
+    ({"local_steps": 0}, "local_steps must be"),
+    ({"batch_size": 2.5}, "batch_size must be a positive integer"),
+    ({"participation": 0.0}, r"participation fraction must be in \(0, 1\]"),
+    ({"participation": 1.5}, r"participation fraction must be in \(0, 1\]"),
+    ({"clients_per_round": 0}, "clients_per_round must be >= 1"),
+    ({"weight_decay": -1}, "weight_decay must be >= 0"),
+    ({"model": "resnet"}, "model must be one of"),
+])
+def test_bad_settings_are_rejected(digits_data, skewed, kwargs, message):
+    kwargs = {"model": "logistic", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        Federation(digits_data, skewed, **kwargs)
+
+
+def test_bad_runs_and_partitions_are_rejected(digits_data, skewed):
+    with pytest.raises(ValueError, match="clients_per_round must be <= n_clients"):
+        Federation(digits_data, skewed, "logistic", clients_per_round=7).run(FedAvg(), 1, progress=False)
+    with pytest.raises(ValueError, match="rounds must be"):
+        Federation(digits_data, skewed, "logistic").run(FedAvg(), 0)
+    with pytest.raises(ValueError, match="executor must be"):
+        Federation(digits_data, skewed, "logistic", executor="gpu").run(FedAvg(), 1)
+    with pytest.raises(ValueError, match="client 1 has none"):
+        Federation(digits_data, [skewed[0], np.array([], dtype=int)], "logistic")
+    with pytest.raises(ValueError, match="partition is required"):
+        Federation(digits_data, None, "logistic")
+    with pytest.raises(ValueError, match="mu must be >= 0"):
+        FedProx(mu=-1)
+
+
+def test_fedavg_on_digits_reaches_85_percent(digits_data):
+    """The foundation's acceptance run, at the federation's defaults: 20 skewed clients, 30 rounds."""
+    from flbook.partition import dirichlet
+
+    parts = dirichlet(digits_data.y_train, 20, 0.3, seed=0)
+    hist = Federation(digits_data, parts, "mlp").run(FedAvg(), 30, progress=False)
+    assert hist.test_acc.max() > 0.85
