@@ -354,3 +354,13 @@ def test_cifar10_download_extracts_only_the_batches(tmp_path, monkeypatch):
     ds = cifar10(tmp_path, download=True)
     assert ds.x_train.shape == (10, 3, 32, 32)
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(files.CIFAR10_FILES)
+
+
+def test_data_root_prefers_argument_then_environment(monkeypatch, tmp_path):
+    from flbook.data import data_root
+
+    monkeypatch.setenv("FLBOOK_DATA", str(tmp_path))
+    assert data_root() == tmp_path
+    assert data_root("elsewhere") == Path("elsewhere")
+    monkeypatch.delenv("FLBOOK_DATA")
+    assert data_root().name == "data"

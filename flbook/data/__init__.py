@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from flbook.data.base import Dataset
+from flbook.data.base import Dataset, data_root
 from flbook.data.bundled import digits, mnist1d
 from flbook.data.files import cifar10, fashion_mnist, mnist
 from flbook.data.synthetic import synthetic
 
-__all__ = ["DATASETS", "Dataset", "cifar10", "digits", "fashion_mnist", "load", "mnist", "mnist1d", "synthetic"]
+__all__ = ["DATASETS", "Dataset", "data_root", "cifar10", "digits", "fashion_mnist", "load", "mnist", "mnist1d", "synthetic"]
 
 _LOADERS = {"digits": digits, "mnist1d": mnist1d, "synthetic": synthetic,
             "mnist": mnist, "fashion_mnist": fashion_mnist, "cifar10": cifar10}
@@ -24,11 +24,11 @@ _ON_DISK = {"mnist1d", "mnist", "fashion_mnist", "cifar10"}  # read (or cache) f
 DATASETS: tuple[str, ...] = tuple(_LOADERS)
 
 
-def load(name: str, *, root: str | Path = "data", device: str | torch.device | None = None,
+def load(name: str, *, root: str | Path | None = None, device: str | torch.device | None = None,
          seed: int | None = None, **kwargs) -> Dataset:
     """Load a dataset by name, optionally moving it to `device` (None leaves it on the CPU).
 
-    `root` is the folder of real-dataset files and the MNIST-1D cache. `seed` seeds the generated datasets
+    `root` is the folder of real-dataset files and the MNIST-1D cache (None: `data_root()`). `seed` seeds the generated datasets
     and the digits split (None: each loader's default, e.g. MNIST-1D's canonical 42); the real datasets
     have one official split and ignore it. Other keyword arguments go to the loader, e.g.
     `load("synthetic", alpha=0.5, beta=0.5, n_clients=100)`.

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,3 +52,14 @@ class Dataset:
         clients = "" if self.client_indices is None else f", clients={len(self.client_indices)}"
         return (f"Dataset({self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
                 f"classes={self.n_classes}, input_shape={self.input_shape}{clients}, device={self.device})")
+
+
+def data_root(root: str | Path | None = None) -> Path:
+    """Where dataset files live: `root` if given, else `$FLBOOK_DATA`, else the checkout's `data/` folder
+    (so notebooks find the same files whatever their working directory), else `./data`."""
+    if root is not None:
+        return Path(root)
+    if os.environ.get("FLBOOK_DATA"):
+        return Path(os.environ["FLBOOK_DATA"])
+    checkout = Path(__file__).resolve().parents[2] / "data"
+    return checkout if checkout.is_dir() else Path("data")

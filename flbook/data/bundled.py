@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flbook.data.base import Dataset
+from flbook.data.base import Dataset, data_root
 
 
 def digits(*, seed: int = 0) -> Dataset:
@@ -30,7 +30,7 @@ def digits(*, seed: int = 0) -> Dataset:
                    n_classes=10, input_shape=(1, 8, 8))
 
 
-def mnist1d(*, root: str | Path = "data", n_samples: int = 5000, seed: int = 42) -> Dataset:
+def mnist1d(*, root: str | Path | None = None, n_samples: int = 5000, seed: int = 42) -> Dataset:
     """MNIST-1D (Greydanus 2020): ten 1D digit templates, randomly padded, sheared, translated and noised.
 
     Paper: Greydanus & Kobak, "Scaling Down Deep Learning with MNIST-1D" (ICML 2024),
@@ -41,7 +41,7 @@ def mnist1d(*, root: str | Path = "data", n_samples: int = 5000, seed: int = 42)
     """
     if n_samples < 10:
         raise ValueError(f"n_samples must be >= 10 (one per class), got {n_samples}")
-    cache = Path(root) / f"mnist1d_{n_samples}_{seed}.npz"
+    cache = data_root(root) / f"mnist1d_{n_samples}_{seed}.npz"
     try:
         with np.load(cache) as f:
             arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from flbook.data.base import Dataset
+from flbook.data.base import Dataset, data_root
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
@@ -39,19 +39,19 @@ CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 TIMEOUT_S = 10.0  # per network operation, so an offline machine fails fast
 
 
-def mnist(root: str | Path = "data", *, download: bool | None = None) -> Dataset:
+def mnist(root: str | Path | None = None, *, download: bool | None = None) -> Dataset:
     """MNIST (LeCun et al. 1998): 60,000 + 10,000 handwritten digits, 1x28x28, from `root/mnist/`."""
-    return _idx_dataset("mnist", Path(root) / "mnist", MNIST_URL, MNIST_STATS, download)
+    return _idx_dataset("mnist", data_root(root) / "mnist", MNIST_URL, MNIST_STATS, download)
 
 
-def fashion_mnist(root: str | Path = "data", *, download: bool | None = None) -> Dataset:
+def fashion_mnist(root: str | Path | None = None, *, download: bool | None = None) -> Dataset:
     """Fashion-MNIST (Xiao et al. 2017): 60,000 + 10,000 clothing images, 1x28x28, from `root/fashion_mnist/`."""
-    return _idx_dataset("fashion_mnist", Path(root) / "fashion_mnist", FASHION_MNIST_URL, FASHION_MNIST_STATS, download)
+    return _idx_dataset("fashion_mnist", data_root(root) / "fashion_mnist", FASHION_MNIST_URL, FASHION_MNIST_STATS, download)
 
 
-def cifar10(root: str | Path = "data", *, download: bool | None = None) -> Dataset:
+def cifar10(root: str | Path | None = None, *, download: bool | None = None) -> Dataset:
     """CIFAR-10 (Krizhevsky 2009): 50,000 + 10,000 colour images, 3x32x32, from `root/cifar-10-batches-py/`."""
-    root = Path(root)
+    root = data_root(root)
     folder = root / "cifar-10-batches-py"
     _require_files(
         folder, [n for n in CIFAR10_FILES if not (folder / n).is_file()], CIFAR10_URL, download,
