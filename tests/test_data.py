@@ -8,6 +8,7 @@ import pickle
 import random
 import struct
 import tarfile
+from pathlib import Path
 import urllib.error
 
 import numpy as np
