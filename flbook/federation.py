@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -34,6 +35,23 @@ def _positive(name: str, value: float, integer: bool = False) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
+
+
+@dataclass
+class RunState:
+    """Everything that changes while one algorithm trains: the model, its states, generators and byte counts."""
+
+    algorithm: Algorithm
+    executor: LoopExecutor | BatchedExecutor
+    ctx: LocalContext
+    x: torch.Tensor  # (P,) the global model
+    server_state: Tensors
+    client_state: Tensors  # each (N, ...): one row per client
+    rng: np.random.Generator
+    generator: torch.Generator
+    round: int = 0
+    bits_up: int = 0
+    bits_down: int = 0
 
 
 class Federation:
@@ -168,6 +186,35 @@ class Federation:
         return self.model.init(self.seed, self.device)
 
     # ---------------------------------------------------------------------------------------- the round loop
+    def start(self, algorithm: Algorithm) -> "RunState":
+        """Round 0 of a run: x^0, the algorithm's initial states, and fresh seeded generators."""
+        x = self.initial_model()
+        client_state = {k: v.expand(self.n_clients, *v.shape).clone() for k, v in algorithm.init_client_state(x).items()}
+        return RunState(algorithm=algorithm, executor=self.executor_for(algorithm),
+                        ctx=LocalContext(self.model, self.lr, self.weight_decay, algorithm.loss), x=x,
+                        server_state=algorithm.init_server_state(x, self.n_clients), client_state=client_state,
+                        rng=np.random.default_rng(self.seed),  # client sampling and channel randomness
+                        generator=torch.Generator(device=self.device).manual_seed(self.seed))  # minibatches
+
+    def train_round(self, state: "RunState") -> None:
+        """One round: sample clients, send down, train the cohort, send up, aggregate (updates `state`)."""
+        algorithm, t = state.algorithm, state.round + 1
+        ids = torch.as_tensor(self.participation.sample(t, self.n_clients, state.rng), device=self.device)
+        down, bits = self.channel.downlink(algorithm.downlink(state.x, state.server_state), len(ids), state.rng)
+        state.bits_down += bits
+        steps = self.steps_for(ids)
+        cohort = Cohort(self.x_train, self.y_train, self.sample_batches(ids, steps, state.generator), steps)
+        client_state = {k: v[ids] for k, v in state.client_state.items()}
+        messages, client_state = state.executor(algorithm, down, client_state, cohort, state.ctx)
+        for k, v in client_state.items():
+            state.client_state[k][ids] = v
+        messages, bits = self.channel.uplink(messages, state.rng)
+        state.bits_up += bits
+        sizes = self.client_sizes[ids].to(state.x.dtype)
+        info = RoundInfo(t, ids, self.n_clients, self.client_sizes)
+        state.x, state.server_state = algorithm.aggregate(state.x, state.server_state, messages, sizes / sizes.sum(), info)
+        state.round = t
+
     def run(self, algorithm: Algorithm, rounds: int, *, eval_every: int = 1, progress: bool = True,
             on_divergence: str = "raise", label: str | None = None) -> pd.DataFrame:
         """Train `algorithm` for `rounds` rounds; returns the history, one row per evaluation.
@@ -179,43 +226,24 @@ class Federation:
         if on_divergence not in ("raise", "stop"):
             raise ValueError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
         label = label or str(algorithm)
-        executor = self.executor_for(algorithm)
-        ctx = LocalContext(self.model, self.lr, self.weight_decay, algorithm.loss)
-        rng = np.random.default_rng(self.seed)  # client sampling and channel randomness
-        generator = torch.Generator(device=self.device).manual_seed(self.seed)  # minibatches
-        x = self.initial_model()
-        server_state = algorithm.init_server_state(x, self.n_clients)
-        client_state = {k: v.expand(self.n_clients, *v.shape).clone() for k, v in algorithm.init_client_state(x).items()}
-        bits_up = bits_down = 0
-        rows = [self._row(label, 0, x, 0, 0, 0.0)]
+        state = self.start(algorithm)
+        rows = [self._row(label, state, 0.0)]
         start = time.perf_counter()
         diverged_at = None
         with cpu_threads(self.thread_count()):
             for t in tqdm(range(1, rounds + 1), desc=label, disable=not progress, leave=False):
-                ids = torch.as_tensor(self.participation.sample(t, self.n_clients, rng), device=self.device)
-                down, bits = self.channel.downlink(algorithm.downlink(x, server_state), len(ids), rng)
-                bits_down += bits
-                steps = self.steps_for(ids)
-                cohort = Cohort(self.x_train, self.y_train, self.sample_batches(ids, steps, generator), steps)
-                messages, new_state = executor(algorithm, down, {k: v[ids] for k, v in client_state.items()}, cohort, ctx)
-                for k, v in new_state.items():
-                    client_state[k][ids] = v
-                messages, bits = self.channel.uplink(messages, rng)
-                bits_up += bits
-                sizes = self.client_sizes[ids].to(x.dtype)
-                info = RoundInfo(t, ids, self.n_clients, self.client_sizes)
-                x, server_state = algorithm.aggregate(x, server_state, messages, sizes / sizes.sum(), info)
-                if not torch.isfinite(x).all():
+                self.train_round(state)
+                if not torch.isfinite(state.x).all():
                     diverged_at = t
                     break
                 if t % eval_every == 0 or t == rounds:
-                    rows.append(self._row(label, t, x, bits_up, bits_down, time.perf_counter() - start))
+                    rows.append(self._row(label, state, time.perf_counter() - start))
                     if not math.isfinite(rows[-1]["test_loss"]):
                         diverged_at = t
                         rows.pop()
                         break
         history = pd.DataFrame(rows)
-        self.final_models[label] = x
+        self.final_models[label] = state.x
         if diverged_at is not None:
             message = (f"{label} diverged at round {diverged_at} (non-finite parameters or loss); "
                        f"try a smaller learning rate than lr={self.lr}")
@@ -225,9 +253,9 @@ class Federation:
             history.attrs["diverged_at"] = diverged_at
         return history
 
-    def _row(self, label: str, t: int, x: torch.Tensor, bits_up: int, bits_down: int, seconds: float) -> dict:
-        return {"algorithm": label, "round": t, **self.evaluate(x), "bytes_up": bits_up // 8,
-                "bytes_down": bits_down // 8, "wall_time": seconds}
+    def _row(self, label: str, state: "RunState", seconds: float) -> dict:
+        return {"algorithm": label, "round": state.round, **self.evaluate(state.x), "bytes_up": state.bits_up // 8,
+                "bytes_down": state.bits_down // 8, "wall_time": seconds}
 
     def compare(self, algorithms: Mapping[str, Algorithm] | Iterable[Algorithm], rounds: int, **run_kwargs) -> pd.DataFrame:
         """Run several algorithms on this federation (same partition, seed and batches); one long history."""
