@@ -1,9 +1,14 @@
 """Shared fixtures: small, fast federations on scikit-learn's bundled digits."""
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from flbook.data import digits
+
+# Unit tests compare exact numbers on the CPU; tests/test_cuda.py checks the GPU explicitly when one exists.
+os.environ.setdefault("FLBOOK_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")
