@@ -72,8 +72,12 @@ class BatchedExecutor:
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
 
-    def chunk_for(self, cohort: Cohort, n_params: int) -> int:
-        """Clients per chunk: the user's choice, else what fits in half the free memory (2 GiB on CPU)."""
+    def chunk_for(self, cohort: Cohort, ctx: LocalContext) -> int:
+        """Clients per chunk: the user's choice, else as many as fit the memory budget.
+
+        On a GPU the budget is half the free memory. On a CPU it is 64 MiB: stacked per-client weights
+        that spill out of the caches make a batched step slower than a loop over clients (measured by
+        `python -m flbook.bench`), while chunks that stay small keep the batching gain."""
         if self.chunk_size is not None:
             return self.chunk_size
         budget = self.memory_budget
@@ -82,12 +86,11 @@ class BatchedExecutor:
                 free, _ = torch.cuda.mem_get_info(cohort.x.device)
                 budget = free // 2
             else:
-                budget = 2 * 2**30
-        _, n_steps, batch = cohort.index.shape
-        sample_bytes = cohort.x[0].numel() * cohort.x.element_size()
-        # per client: parameters, gradient and a few temporaries, plus its gathered minibatches
-        per_client = 12 * n_params * 4 + n_steps * batch * sample_bytes * 2
-        return max(1, min(cohort.size, budget // per_client))
+                budget = 64 * 2**20
+        batch = cohort.index.shape[2]
+        # per client: its parameters, gradient and update, plus forward and backward activations of a batch
+        floats = 3 * ctx.model.n_params + 2 * batch * ctx.model.activations_per_sample(cohort.x[0])
+        return max(1, min(cohort.size, budget // (4 * floats)))
 
     def __call__(self, algo: Algorithm, down: Tensors, client_state: Tensors, cohort: Cohort, ctx: LocalContext,
                  down_per_client: bool = False) -> tuple[Tensors, Tensors]:
@@ -101,7 +104,7 @@ class BatchedExecutor:
             active_all = torch.arange(n_steps, device=cohort.index.device) < cohort.steps[:, None]  # (M, K)
         in_dims = (0 if down_per_client else None, 0, 0, 0, None if active_all is None else 0)
         mapped = torch.func.vmap(one_client, in_dims=in_dims)
-        chunk = self.chunk_for(cohort, int(next(iter(down.values())).shape[-1]))
+        chunk = self.chunk_for(cohort, ctx)
         messages, states = [], []
         for start in range(0, cohort.size, chunk):
             rows = slice(start, start + chunk)

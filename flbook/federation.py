@@ -137,7 +137,8 @@ class Federation:
         """The executor to use: the user's choice, else the faster one for this model and device.
 
         Measured by `python -m flbook.bench`: on a GPU batching wins for every model; on a CPU it wins for
-        logistic regression only (per-client weights defeat the shared-weight matrix product)."""
+        logistic regression and MLPs (in cache-sized chunks of clients) but not for the CNN, whose
+        convolutions are already large per client."""
         choice = self.executor_choice
         if not isinstance(choice, str):
             return choice
@@ -149,7 +150,7 @@ class Federation:
             return BatchedExecutor()
         if choice != "auto":
             raise ValueError(f"executor must be 'auto', 'loop', 'batched' or an executor object, got {choice!r}")
-        fast = self.device.type == "cuda" or self.model.kind == "logistic"
+        fast = self.device.type == "cuda" or self.model.kind in ("logistic", "mlp")
         return BatchedExecutor() if algorithm.batchable and fast else LoopExecutor()
 
     def thread_count(self) -> int | None:

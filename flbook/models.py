@@ -26,6 +26,22 @@ class FlatModel:
         self.shapes = [p.shape for _, p in named]
         self.numels = [p.numel() for _, p in named]
         self.n_params = sum(self.numels)
+        self._activations: int | None = None
+
+    def activations_per_sample(self, sample: torch.Tensor) -> int:
+        """Floats of intermediate outputs for one input sample (measured once with forward hooks).
+
+        Executors use it to size chunks of clients that fit in memory (or, on a CPU, in cache)."""
+        if self._activations is None:
+            sizes: list[int] = []
+            hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
+                     for m in self.module.modules() if not list(m.children())]
+            with torch.no_grad():
+                self.module(sample[None])
+            for hook in hooks:
+                hook.remove()
+            self._activations = sum(sizes)
+        return self._activations
 
     def init(self, seed: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
         """A fresh initial parameter vector (the module's default init, seeded)."""
