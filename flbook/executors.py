@@ -4,6 +4,11 @@
 that cannot be batched. `BatchedExecutor` trains the whole cohort as one computation: client parameters
 stacked along a leading client dimension and `client_update` mapped over it with `torch.func.vmap`.
 Both see the same minibatches, so they give the same results up to float rounding.
+
+Unequal client dataset sizes: with `local_steps` every client takes K steps of B samples, walking through
+a shuffle of its own shard and starting it again when the shard is shorter than K*B (so every batch has
+the same shape). With `local_epochs` each client takes its own number of steps, ceil(E n_i / B); the
+batched executor pads to the longest and masks the padding steps (`Batches.active`).
 """
 from __future__ import annotations
 
