@@ -1,0 +1,67 @@
+"""Learning curves from a history DataFrame: accuracy or loss per round, per byte or per second, one line per run."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+MB = 1e6  # bytes per megabyte (decimal, as link speeds are quoted)
+LABELS = {
+    "round": "round",
+    "test_acc": "test accuracy",
+    "test_loss": "test loss",
+    "bytes_up": "bytes sent up (MB)",
+    "bytes_down": "bytes sent down (MB)",
+    "bytes_total": "bytes sent up + down (MB)",
+    "wall_time": "wall-clock time (s)",
+    "sim_time": "simulated time",
+}
+
+
+def use_theme(dpi: int = 80) -> None:
+    """Set the workbook's seaborn theme (white grid, notebook sizes) and a modest figure DPI, once per notebook."""
+    sns.set_theme(style="whitegrid", context="notebook", rc={"figure.dpi": dpi, "figure.figsize": (6.0, 3.5)})
+
+
+def _axes(ax: Axes | None) -> Axes:
+    """`ax`, or a fresh Axes of the theme's size."""
+    return plt.subplots()[1] if ax is None else ax
+
+
+def learning_curves(history: pd.DataFrame, y: str = "test_acc", x: str = "round", ax: Axes | None = None,
+                    hue: str = "algorithm") -> Axes:
+    """Plot `y` against `x` with one line per value of `hue` (in order of appearance); bytes are shown in MB.
+
+    Rows that share `hue` and `x` (e.g. several seeds) become a mean line with a 95% confidence band."""
+    missing = [c for c in (x, y, hue) if c not in history.columns]
+    if missing:
+        raise ValueError(f"history must have columns {missing}; it has {list(history.columns)}")
+    data = history.assign(**{hue: history[hue].astype(str)})  # categories: one colour each, in `names` order
+    if x.startswith("bytes"):
+        data[x] = data[x] / MB
+    ax = _axes(ax)
+    names = list(pd.unique(data[hue]))
+    drawn = len(ax.get_lines())
+    sns.lineplot(data=data, x=x, y=y, hue=hue, hue_order=names, legend=False, ax=ax)
+    for line, name in zip(ax.get_lines()[drawn:], names):  # seaborn draws one line per hue level, in order
+        line.set_label(name)
+    ax.set(xlabel=LABELS.get(x, x), ylabel=LABELS.get(y, y))
+    ax.legend(title=None if hue == "algorithm" else hue, fontsize="small")
+    return ax
+
+
+def accuracy_vs_bytes(history: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Test accuracy against the bytes communicated so far, up plus down, in MB: what a round costs."""
+    total = history.assign(bytes_total=history["bytes_up"] + history["bytes_down"])
+    return learning_curves(total, y="test_acc", x="bytes_total", ax=ax)
+
+
+def accuracy_figure(history: pd.DataFrame) -> Figure:
+    """Test accuracy per round (left) and per MB communicated (right): a `plot` for control panels."""
+    fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(10.0, 3.5), sharey=True, layout="constrained")
+    learning_curves(history, ax=by_round)
+    accuracy_vs_bytes(history, ax=by_bytes)
+    by_bytes.get_legend().remove()  # one legend, on the left
+    return fig
