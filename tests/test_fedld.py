@@ -1,0 +1,230 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from flbook import Federation, widgets  # noqa: E402
+from flbook.algorithms import FedAvg  # noqa: E402
+from flbook.algorithms.fedld import FedLD, margin_penalty, principal_gradient  # noqa: E402
+from flbook.executors import BatchedExecutor, LoopExecutor  # noqa: E402
+from flbook.loss_decomposition import (TERMS, LossProbe, compare, decompose, decomposition_figure,  # noqa: E402
+                                       fedld_controls, fedld_lineup, fedld_run)
+from flbook.models import mlp  # noqa: E402
+from flbook.partition import dirichlet  # noqa: E402
+
+
+@pytest.fixture
+def skewed(digits_data):
+    return dirichlet(digits_data.y_train, 6, 0.1, seed=0)
+
+
+def equal(m):
+    return torch.full((m,), 1.0 / m, dtype=torch.float64)
+
+
+def official_pcgrad_svd(G, k_prop):
+    """The official code's per-tensor rule (svd_tools.py::pcgrad_svd), loops and all, for equal client weights."""
+    m = G.shape[0]
+    _, s, e = torch.svd(G @ G.T / m)
+    v = (G.T @ e).T
+    out = []
+    for g in G:
+        revised = torch.zeros_like(g)
+        for j in range(int(m * k_prop)):
+            r = torch.dot(g, v[j]) / torch.dot(v[j], v[j]) * v[j]
+            revised += r * s[j] / s.sum() * g.norm() / r.norm()
+        out.append(revised)
+    return torch.stack(out).mean(0)
+
+
+# ------------------------------------------------------------------------------ principal-gradient aggregation
+def test_principal_gradient_matches_the_official_code():
+    G = torch.randn(6, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for k_prop in (0.5, 0.8, 1.0):
+        assert torch.allclose(principal_gradient(G, equal(6), k_prop), official_pcgrad_svd(G, k_prop), atol=1e-10)
+
+
+def test_identical_updates_pass_through_unchanged():
+    g = torch.randn(30, dtype=torch.float64)
+    assert torch.allclose(principal_gradient(g.expand(5, 30), equal(5), 0.8), g, atol=1e-10)
+    assert torch.allclose(principal_gradient(g[None], torch.ones(1, dtype=torch.float64), 0.8), g)  # M = 1: k = 1
+    assert torch.equal(principal_gradient(torch.zeros(3, 30), torch.full((3,), 1 / 3), 0.8), torch.zeros(30))
+
+
+def test_aggregate_is_shorter_than_updates_and_lies_in_their_span():
+    G = torch.randn(8, 50, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    w = torch.rand(8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    w /= w.sum()
+    g = principal_gradient(G, w, 0.8)
+    assert g.norm() <= w @ G.norm(dim=1)
+    coef = torch.linalg.lstsq(G.T, g[:, None]).solution
+    assert torch.allclose(G.T @ coef, g[:, None], atol=1e-10)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(principal_gradient(G[perm], w[perm], 0.8), g, atol=1e-10)
+    assert torch.allclose(principal_gradient(-G, w, 0.8), -g, atol=1e-10)
+
+
+def test_aggregate_norm_is_bounded_by_the_kept_spectrum_share():
+    """||r_i|| = ||Delta_i|| sqrt(sum_{j<=k} (s_j / sum s)^2), so the average is at most that times mean ||Delta_i||."""
+    G = torch.randn(5, 20, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    s = torch.linalg.eigvalsh(G @ G.T / 5).flip(0)
+    shrink = (s[:4] / s.sum()).square().sum().sqrt()  # k = floor(0.8 * 5) = 4
+    assert principal_gradient(G, equal(5), 0.8).norm() <= shrink * G.norm(dim=1).mean() + 1e-12
+    rank_one = torch.outer(torch.tensor([1.0, 2.0, -0.5], dtype=torch.float64), G[0])  # s_1 / sum s = 1
+    assert torch.allclose(principal_gradient(rank_one, equal(3), 0.8), rank_one.mean(0), atol=1e-10)  # r_i = Delta_i
+
+
+def test_opposite_components_of_two_clients_cancel():
+    a = torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64)  # shared direction
+    b = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)  # the conflict: +b for one client, -b for the other
+    G = torch.stack([a + b, a - b])
+    for k_prop in (0.5, 1.0):
+        g = principal_gradient(G, equal(2), k_prop)
+        assert abs(g[1]) < 1e-12 and g[0] > 0
+        assert g[0] < G.mean(0)[0]  # and the shared step shrinks by the spectrum share
+
+
+# ----------------------------------------------------------------------------------------- margin control
+def test_margin_gradient_matches_the_closed_form_and_vanishes_at_uniform_and_one_hot():
+    z = torch.randn(4, 5, generator=torch.Generator().manual_seed(5), dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(margin_penalty(z), z)
+    p = torch.softmax(z, 1).detach()
+    S = p.square().sum()
+    expected = 2 / (1 + S) * (p * p - p * (p * p).sum(1, keepdim=True))
+    assert torch.allclose(grad, expected)
+    for logits in (torch.zeros(3, 5), torch.tensor([[50.0, 0, 0], [0, 50.0, 0]])):
+        leaf = logits.double().requires_grad_()
+        (g,) = torch.autograd.grad(margin_penalty(leaf), leaf)
+        assert g.abs().max() < 1e-12
+
+
+def test_fedld_loss_adds_the_margin_term():
+    z, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    assert torch.equal(FedLD(margin=0.0).loss(z, y), F.cross_entropy(z, y))
+    assert torch.isclose(FedLD(margin=0.3).loss(z, y), F.cross_entropy(z, y) + 0.3 * margin_penalty(z))
+
+
+# ----------------------------------------------------------------------------------------- in a federation
+def test_switched_off_fedld_is_fedavg_exactly(digits_data, skewed):
+    fed = Federation(digits_data, skewed, mlp(64, 10, hidden=(16,)), local_steps=3, participation=0.5)
+    fed.run(FedAvg(), 3, progress=False, label="fedavg")
+    fed.run(FedLD(margin=0.0, principal_gradient=False), 3, progress=False, label="off")
+    assert torch.equal(fed.final_models["fedavg"], fed.final_models["off"])
+    halves = {"margin": FedLD(principal_gradient=False), "pg": FedLD.for_model(fed.model, margin=0.0)}
+    for label, algo in halves.items():
+        fed.run(algo, 3, progress=False, label=label)
+        assert not torch.allclose(fed.final_models["fedavg"], fed.final_models[label], atol=1e-4)
+
+
+def test_first_round_is_the_plain_average(digits_data, skewed):
+    fed = Federation(digits_data, skewed, "logistic", local_steps=2)
+    fed.run(FedAvg(), 1, progress=False, label="fedavg")
+    fed.run(FedLD(margin=0.0), 1, progress=False, label="fedld")
+    assert torch.equal(fed.final_models["fedavg"], fed.final_models["fedld"])
+
+
+def test_per_tensor_blocks(digits_data, skewed):
+    model = mlp(64, 10, hidden=(16,))
+    algo = FedLD.for_model(model, k_prop=0.5)
+    assert algo.layers == (1024, 16, 160, 10) and str(algo) == "FedLD(k_prop=0.5)"
+    deltas = torch.randn(4, model.n_params, generator=torch.Generator().manual_seed(6))
+    w = torch.full((4,), 0.25)
+    info = type("Info", (), {"round": 2})()
+    x, _ = algo.aggregate(torch.zeros(model.n_params), {}, {"delta": deltas}, w, info)
+    first = principal_gradient(deltas[:, :1024], w, 0.5)
+    assert torch.allclose(x[:1024], first, atol=1e-6)
+    with pytest.raises(ValueError, match="layers must sum to the parameter count 1210"):
+        FedLD(layers=(10, 20)).aggregate(torch.zeros(1210), {}, {"delta": deltas[:, :1210]}, w, info)
+
+
+@pytest.mark.parametrize("epochs", [None, 1.0])
+def test_loop_and_batched_executors_agree(digits_data, skewed, epochs):
+    results = []
+    for executor in (LoopExecutor(), BatchedExecutor(chunk_size=2)):
+        fed = Federation(digits_data, skewed, mlp(64, 10, hidden=(16,)), local_steps=3, local_epochs=epochs,
+                         batch_size=16, participation=0.5, executor=executor, seed=2)
+        results.append(fed.run(FedLD.for_model(fed.model, margin=0.2), 3, progress=False).test_loss.to_numpy())
+        results.append(fed.final_models["FedLD(margin=0.2)"])
+    assert np.allclose(results[0], results[2], atol=1e-5)
+    assert torch.allclose(results[1], results[3], atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"margin": -0.1}, r"margin must be >= 0, got -0.1"),
+    ({"k_prop": 0.0}, r"k_prop must be in \(0, 1\], got 0.0"),
+    ({"k_prop": 1.5}, r"k_prop must be in \(0, 1\], got 1.5"),
+    ({"layers": (3, 0)}, "layers must be a non-empty tuple of positive block sizes"),
+    ({"layers": ()}, "layers must be a non-empty tuple of positive block sizes"),
+])
+def test_bad_hyperparameters_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FedLD(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------ loss decomposition
+def test_three_terms_add_up_to_the_training_loss(digits_data, skewed):
+    fed = Federation(digits_data, skewed, "logistic", local_steps=3, participation=0.5)
+    hist = decompose(fed, FedAvg(), 3, progress=False)
+    rows = hist[hist["round"] > 0]
+    assert np.allclose(rows[list(TERMS)].sum(axis=1), rows["train_loss"], atol=1e-5)
+    union = torch.as_tensor(np.concatenate(skewed))
+    logits = fed.model(fed.final_models["FedAvg"], digits_data.x_train[union])
+    final = F.cross_entropy(logits, digits_data.y_train[union])
+    assert np.isclose(rows["train_loss"].iloc[-1], final.item(), atol=1e-5)
+    assert np.isnan(hist.loc[hist["round"] == 0, "local_loss"]).all()
+    assert (rows["step_norm"] <= rows["update_norm"] + 1e-6).all()  # an average is never longer than its parts
+
+
+def test_terms_with_one_client_on_all_data_have_no_shift_or_aggregation(digits_data):
+    fed = Federation(digits_data, [np.arange(200)], "logistic", local_steps=2)
+    probe = LossProbe(fed)
+    x = fed.initial_model()
+    delta = 0.01 * torch.randn(1, fed.model.n_params, generator=torch.Generator().manual_seed(7))
+    terms = probe.measure(x, delta, torch.ones(1), torch.tensor([0]), x + delta[0])
+    assert abs(terms["shift_loss"]) < 1e-7 and abs(terms["aggregation_loss"]) < 1e-7
+
+
+def test_decomposition_needs_an_update_delta(digits_data, skewed):
+    class SendsModels(FedAvg):
+        def client_update(self, down, client_state, batches, ctx):
+            message, state = super().client_update(down, client_state, batches, ctx)
+            return {"y": down["x"] + message["delta"]}, state
+
+        def aggregate(self, x, server_state, messages, weights, info):
+            return weights @ messages["y"], server_state
+
+    with pytest.raises(ValueError, match="algorithm must send an update 'delta'; FedAvg sends \\['y'\\]"):
+        decompose(Federation(digits_data, skewed, "logistic"), SendsModels(), 1, progress=False)
+
+
+def test_lineup_and_panel_run(digits_data):
+    model = mlp(64, 10, hidden=(8,))
+    lineup = fedld_lineup(model, margin=0.2, k_prop=0.6, mu=0.05)
+    assert list(lineup) == ["FedAvg", "FedProx", "SCAFFOLD", "FedLD", "margin only", "principal gradient only"]
+    assert (lineup["FedLD"].margin, lineup["FedLD"].k_prop, lineup["FedProx"].mu) == (0.2, 0.6, 0.05)
+    values = {"model": "mlp", "hidden": 8, "n_clients": 4, "alpha": 0.1, "local_steps": 2, "rounds": 2, "margin": 0.1,
+              "k_prop": 0.8, "mu": 0.01, "algorithms": ("FedAvg", "FedLD"), "device": "cpu"}
+    standard = {k: v for k, v in values.items() if k in widgets.DEFAULTS}
+    controls = {**widgets.standard_controls(algorithm_options=tuple(lineup), **standard),
+                **fedld_controls(hidden=8, margin=0.1, k_prop=0.8, mu=0.01)}
+    panel = widgets.control_panel(run=fedld_run(progress=False), controls=controls, plot=decomposition_figure)
+    panel.on_run()
+    assert panel.error is None
+    assert list(panel.history["algorithm"].unique()) == ["FedAvg", "FedLD"]
+    assert set(TERMS) <= set(panel.history.columns) and len(panel.history) == 6
+    controls["algorithms"].value = ()
+    panel.on_run()
+    assert panel.error.startswith("ValueError: algorithms must be a non-empty selection of")
+    plt.close("all")
+
+
+def test_compare_labels_runs_by_name(digits_data, skewed):
+    fed = Federation(digits_data, skewed, "logistic", local_steps=1)
+    hist = compare(fed, {"a": FedAvg(), "b": FedLD(margin=0.0)}, 2, progress=False)
+    assert list(hist["algorithm"].unique()) == ["a", "b"]
+    assert np.allclose(hist[hist.algorithm == "a"].local_loss.iloc[1], hist[hist.algorithm == "b"].local_loss.iloc[1])
