@@ -1,0 +1,369 @@
+"""Federated weighted least squares over noisy links: ADMM-based FL, its noise-robust variant, and FedAvg.
+
+Paper: Lari, Arablouei, Gogineni, Werner, "Noise-Robust and Resource-Efficient ADMM-based Federated Learning",
+arXiv:2409.13451 (2024), https://arxiv.org/abs/2409.13451. The paper's exact update equations were not
+available; `NoiseRobustADMM` is a reconstruction from its description (see its docstring and chapter 31).
+
+Problem: min_w sum_k J_k(w), J_k(w) = 1/2 (y_k - X_k w)^T W_k (y_k - X_k w), with A_k = X_k^T W_k X_k and
+b_k = X_k^T W_k y_k; the exact solution is w* = (sum_k A_k)^{-1} sum_k b_k. Each iteration the server schedules
+every client independently with probability p; every vector sent gets additive white Gaussian noise
+(std `downlink_std` from the server, `uplink_std` to it). All tensors carry a leading dimension R of independent
+runs and a client dimension K, so one call simulates R Monte Carlo runs of all clients at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .device import cpu_threads
+
+if TYPE_CHECKING:
+    import ipywidgets as W
+    from matplotlib.figure import Figure
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WLSProblem:
+    """K clients' sufficient statistics A_k = X_k^T W_k X_k (K, L, L) and b_k = X_k^T W_k y_k (K, L)."""
+
+    A: torch.Tensor  # (K, L, L)
+    b: torch.Tensor  # (K, L)
+
+    @property
+    def n_clients(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.A.shape[1]
+
+    def solution(self) -> torch.Tensor:
+        """The exact WLS solution w* = (sum_k A_k)^{-1} sum_k b_k, shape (L,)."""
+        return torch.linalg.solve(self.A.sum(0), self.b.sum(0))
+
+    def local_solutions(self) -> torch.Tensor:
+        """Each client's own WLS solution A_k^{-1} b_k, shape (K, L)."""
+        return torch.linalg.solve(self.A, self.b)
+
+    def prox_inverse(self, rho: float) -> torch.Tensor:
+        """N_k = (A_k + rho I)^{-1}, shape (K, L, L): the matrix of every ADMM local step."""
+        return torch.linalg.inv(self.A + rho * torch.eye(self.dim, dtype=self.A.dtype))
+
+
+def wls_problem(n_clients: int = 20, dim: int = 8, samples: int = 30, heterogeneity: float = 0.5,
+                weight_range: tuple[float, float] = (0.5, 2.0), noise: float = 0.1, seed: int = 0) -> WLSProblem:
+    """Synthetic federated WLS: x ~ N(0, I), y_k = X_k (w_o + heterogeneity d_k) + noise, W_k diagonal in weight_range.
+
+    Each client's labels follow its own true model, so `heterogeneity` > 0 keeps local solutions away from w*."""
+    for name, value in (("n_clients", n_clients), ("dim", dim), ("samples", samples)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if heterogeneity < 0 or noise < 0:
+        raise ValueError(f"heterogeneity and noise must be >= 0, got {heterogeneity} and {noise}")
+    low, high = weight_range
+    if not 0 < low <= high:
+        raise ValueError(f"weight_range must satisfy 0 < low <= high, got {weight_range}")
+    g = torch.Generator().manual_seed(seed)
+    kw = {"generator": g, "dtype": torch.float64}
+    x = torch.randn(n_clients, samples, dim, **kw)  # (K, n, L)
+    w_true = torch.randn(dim, **kw) + heterogeneity * torch.randn(n_clients, dim, **kw)  # (K, L) per-client models
+    y = (x @ w_true[..., None]).squeeze(-1) + noise * torch.randn(n_clients, samples, **kw)  # (K, n)
+    weights = low + (high - low) * torch.rand(n_clients, samples, **kw)  # (K, n) diagonal of W_k
+    A = torch.einsum("kni,kn,knj->kij", x, weights, x)  # (K, L, L)
+    b = torch.einsum("kni,kn,kn->ki", x, weights, y)  # (K, L)
+    return WLSProblem(A, b)
+
+
+def msd(w: torch.Tensor, w_star: torch.Tensor) -> torch.Tensor:
+    """Mean-square deviation ||w - w*||^2 over the last dimension (average over runs for the paper's MSD)."""
+    return (w - w_star).square().sum(-1)
+
+
+def matvec(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Per-client matrix times vector: (K, L, L) x (R, K, L) -> (R, K, L)."""
+    return torch.einsum("kij,rkj->rki", M, v)
+
+
+@dataclass
+class NoisyLinks:
+    """Additive white Gaussian noise on every vector sent (std per entry), drawn from one seeded generator."""
+
+    downlink_std: float
+    uplink_std: float
+    generator: torch.Generator
+
+    def _noisy(self, v: torch.Tensor, std: float) -> torch.Tensor:
+        return v if std == 0 else v + std * torch.randn(v.shape, generator=self.generator, dtype=v.dtype)
+
+    def down(self, w: torch.Tensor, n_clients: int) -> torch.Tensor:
+        """What each client receives of the global model (R, L): its own noisy copy, (R, K, L)."""
+        return self._noisy(w[:, None, :].expand(-1, n_clients, -1), self.downlink_std)
+
+    def up(self, u: torch.Tensor) -> torch.Tensor:
+        """What the server receives of the clients' uploads (R, K, L)."""
+        return self._noisy(u, self.uplink_std)
+
+
+def _where(scheduled: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Per client: `new` where scheduled (R, K), else `old`; vectors (R, K, L)."""
+    return torch.where(scheduled[..., None], new, old)
+
+
+def _positive_rho(rho: float) -> None:
+    if not rho > 0:
+        raise ValueError(f"rho must be > 0, got {rho}")
+
+
+class WLSMethod:
+    """A federated solver of the WLS problem: per-run, per-client state and one iteration over all clients at once."""
+
+    name: ClassVar[str] = "method"
+    receptions: ClassVar[int] = 1  # global-model receptions per scheduled client and iteration
+
+    def init_state(self, problem: WLSProblem, w: torch.Tensor) -> Tensors:
+        """State at iteration 0 for runs starting from the global model w (R, L)."""
+        return {"u": w[:, None, :].expand(-1, problem.n_clients, -1).clone()}  # server's last upload per client
+
+    def iteration(self, problem: WLSProblem, state: Tensors, w: torch.Tensor, scheduled: torch.Tensor,
+                  links: NoisyLinks) -> tuple[torch.Tensor, Tensors]:
+        """One iteration with the scheduled clients (R, K) bool; returns the new global model (R, L) and state."""
+        raise NotImplementedError
+
+
+@dataclass
+class ADMMFL(WLSMethod):
+    """Standard ADMM-based FL (consensus ADMM, Boyd et al. 2011, Sec. 7.1, in its textbook order) with scheduling.
+
+    A scheduled client receives w_n, takes the primal step w_k = N_k (b_k - z_k + rho w_n), uploads
+    u_k = w_k + z_k / rho; the server averages the last upload of every client, w_{n+1} = mean_k u_k, and sends
+    w_{n+1} back to the same clients for their dual step z_k += rho (w_k - w_{n+1}): two noisy receptions."""
+
+    rho: float = 30.0  # penalty; of the order of the A_k's eigenvalues suits the default problem
+    name = "ADMM-FL"
+    receptions = 2
+
+    def __post_init__(self) -> None:
+        _positive_rho(self.rho)
+
+    def init_state(self, problem: WLSProblem, w: torch.Tensor) -> Tensors:
+        u = super().init_state(problem, w)["u"]
+        return {"u": u, "z": torch.zeros_like(u), "N": problem.prox_inverse(self.rho)}
+
+    def iteration(self, problem: WLSProblem, state: Tensors, w: torch.Tensor, scheduled: torch.Tensor,
+                  links: NoisyLinks) -> tuple[torch.Tensor, Tensors]:
+        rho, z, N = self.rho, state["z"], state["N"]
+        w_local = matvec(N, problem.b - z + rho * links.down(w, problem.n_clients))  # primal step with w_n
+        u = _where(scheduled, links.up(w_local + z / rho), state["u"])
+        w = u.mean(1)  # (R, L) stale uploads stand in for unscheduled clients
+        z = _where(scheduled, z + rho * (w_local - links.down(w, problem.n_clients)), z)  # dual step with w_{n+1}
+        return w, {**state, "u": u, "z": z}
+
+
+@dataclass
+class NoiseRobustADMM(WLSMethod):
+    """ADMM-FL with the dual variable eliminated: one noisy global model per client and iteration (reconstruction).
+
+    With v_k = w_k + z_k / rho (the upload) and the dual step applied when the next global model arrives,
+    z_k / rho = v_k - w_hat, the client's whole state is v_k and one received model w_hat drives both steps:
+        v_k <- v_k - w_hat + N_k (b_k + rho (2 w_hat - v_k)).
+    `continual=True`: clients that are not scheduled repeat this update with the last model they received."""
+
+    rho: float = 30.0
+    continual: bool = True
+    name = "NR-ADMM"
+
+    def __post_init__(self) -> None:
+        _positive_rho(self.rho)
+
+    def init_state(self, problem: WLSProblem, w: torch.Tensor) -> Tensors:
+        u = super().init_state(problem, w)["u"]
+        return {"u": u, "v": u.clone(), "received": u.clone(), "N": problem.prox_inverse(self.rho)}
+
+    def iteration(self, problem: WLSProblem, state: Tensors, w: torch.Tensor, scheduled: torch.Tensor,
+                  links: NoisyLinks) -> tuple[torch.Tensor, Tensors]:
+        v, N = state["v"], state["N"]
+        received = _where(scheduled, links.down(w, problem.n_clients), state["received"])  # (R, K, L)
+        v_new = v - received + matvec(N, problem.b + self.rho * (2 * received - v))
+        u = _where(scheduled, links.up(v_new), state["u"])
+        active = scheduled | self.continual  # continual local updates for the unscheduled
+        return u.mean(1), {**state, "u": u, "v": _where(active, v_new, v), "received": received}
+
+
+@dataclass
+class FedAvgWLS(WLSMethod):
+    """FedAvg on the WLS problem: `local_steps` gradient steps on J_k from the received model, then the average.
+
+    Paper: McMahan et al., AISTATS 2017 (Algorithm 1), with full-batch local gradients A_k w - b_k."""
+
+    lr: float = 0.002  # stable while lr < 2 / max eigenvalue of the A_k
+    local_steps: int = 5
+    name = "FedAvg"
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (isinstance(self.local_steps, int) and self.local_steps >= 1):
+            raise ValueError(f"local_steps must be a positive integer, got {self.local_steps!r}")
+
+    def init_state(self, problem: WLSProblem, w: torch.Tensor) -> Tensors:
+        return {}  # stateless: the server averages only this iteration's uploads
+
+    def iteration(self, problem: WLSProblem, state: Tensors, w: torch.Tensor, scheduled: torch.Tensor,
+                  links: NoisyLinks) -> tuple[torch.Tensor, Tensors]:
+        y = links.down(w, problem.n_clients)  # (R, K, L)
+        for _ in range(self.local_steps):
+            y = y - self.lr * (matvec(problem.A, y) - problem.b)
+        u = links.up(y)
+        weights = scheduled.to(u.dtype) / scheduled.sum(1, keepdim=True).clamp(min=1)  # (R, K) over the scheduled
+        w_new = torch.einsum("rk,rkl->rl", weights, u)
+        return torch.where(scheduled.any(1, keepdim=True), w_new, w), state
+
+
+def simulate(method: WLSMethod, problem: WLSProblem, iterations: int, *, participation: float = 1.0,
+             downlink_std: float = 0.0, uplink_std: float = 0.0, runs: int = 1, seed: int = 0) -> torch.Tensor:
+    """MSD of the global model at iterations 0..T, averaged over `runs` independent runs, shape (T + 1,).
+
+    Every method run with the same seed sees the same scheduling; the link noise has its own seeded stream."""
+    if not (isinstance(iterations, int) and iterations >= 1):
+        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    if not 0 < participation <= 1:
+        raise ValueError(f"participation must be in (0, 1], got {participation}")
+    if not (isinstance(runs, int) and runs >= 1):
+        raise ValueError(f"runs must be a positive integer, got {runs!r}")
+    if downlink_std < 0 or uplink_std < 0:
+        raise ValueError(f"noise standard deviations must be >= 0, got {downlink_std} and {uplink_std}")
+    schedule_seed, noise_seed = np.random.SeedSequence(seed).generate_state(2)
+    schedule = torch.Generator().manual_seed(int(schedule_seed))
+    links = NoisyLinks(downlink_std, uplink_std, torch.Generator().manual_seed(int(noise_seed)))
+    w_star = problem.solution()
+    w = torch.zeros(runs, problem.dim, dtype=problem.A.dtype)  # w_0 = 0
+    state = method.init_state(problem, w)
+    curve = [msd(w, w_star).mean()]
+    with cpu_threads(1):  # tiny matrices: extra threads only add synchronisation
+        for _ in range(iterations):
+            scheduled = torch.rand(runs, problem.n_clients, generator=schedule) < participation  # (R, K)
+            w, state = method.iteration(problem, state, w, scheduled, links)
+            curve.append(msd(w, w_star).mean())
+    return torch.stack(curve)
+
+
+# ------------------------------------------------------------------------------------ closed forms (p = 1)
+def noise_robust_dynamics(problem: WLSProblem, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """NR-ADMM at full participation as e_{n+1} = F e_n + G (zeta_n + 1 (x) mean xi_n) for e = v - v*; (F, G), (KL, KL).
+
+    From v_{n+1} = (I - rho N) v_n + (2 rho N - I) w_hat_n + N b with w_hat_n = mean_k v_n + mean xi_n + zeta_{k,n}."""
+    K, L = problem.n_clients, problem.dim
+    N = problem.prox_inverse(rho)
+    eye = torch.eye(L, dtype=N.dtype)
+    G = torch.block_diag(*(2 * rho * N - eye))  # (KL, KL)
+    average = torch.kron(torch.full((K, K), 1 / K, dtype=N.dtype), eye)  # (KL, KL): every block gets mean_k v_k
+    return torch.block_diag(*(eye - rho * N)) + G @ average, G
+
+
+def steady_state_msd(problem: WLSProblem, rho: float, downlink_std: float, uplink_std: float) -> float:
+    """Closed-form steady-state MSD of NR-ADMM at full participation: tr(E P E^T) + L sigma_u^2 / K, P = F P F^T + Q."""
+    K, L = problem.n_clients, problem.dim
+    F, G = noise_robust_dynamics(problem, rho)
+    if torch.linalg.eigvals(F).abs().max() >= 1:
+        raise ValueError(f"NR-ADMM does not converge in mean for rho={rho} on this problem")
+    eye = torch.eye(L, dtype=F.dtype)
+    ones = torch.ones(K, K, dtype=F.dtype)
+    inputs = downlink_std**2 * torch.eye(K * L, dtype=F.dtype) + uplink_std**2 / K * torch.kron(ones, eye)  # cov of input
+    P, power = G @ inputs @ G.T, F
+    while power.abs().max() > 1e-30:  # doubling: after j steps P sums the first 2^j terms of sum_i F^i Q F^iT
+        P, power = P + power @ P @ power.T, power @ power
+    E = torch.kron(torch.full((1, K), 1 / K, dtype=F.dtype), eye)  # (L, KL) the server's average
+    return float(torch.trace(E @ P @ E.T) + L * uplink_std**2 / K)
+
+
+# ------------------------------------------------------------------------------ the chapter's experiments
+def compare(methods: Mapping[str, WLSMethod], problem: WLSProblem, iterations: int, noise_levels: Sequence[float], *,
+            participation: float = 1.0, runs: int = 10, seed: int = 0) -> pd.DataFrame:
+    """MSD curves of several methods at several noise levels (the same std on both links); one tidy row per point."""
+    frames = []
+    for sigma in noise_levels:
+        for label, method in methods.items():
+            curve = simulate(method, problem, iterations, participation=participation, downlink_std=sigma,
+                             uplink_std=sigma, runs=runs, seed=seed)
+            frames.append(pd.DataFrame({"algorithm": label, "noise_std": sigma, "participation": participation,
+                                        "iteration": np.arange(iterations + 1), "msd": curve.numpy()}))
+    history = pd.concat(frames, ignore_index=True)
+    return history.assign(msd_db=10 * np.log10(history["msd"]))
+
+
+def error_floors(history: pd.DataFrame, last: int = 100) -> pd.DataFrame:
+    """Steady-state MSD in dB: the mean MSD of the `last` iterations, one row per noise level, one column per method."""
+    tail = history[history["iteration"] > history["iteration"].max() - last]
+    floors = tail.groupby(["noise_std", "algorithm"], sort=False)["msd"].mean().unstack("algorithm")
+    return 10 * np.log10(floors)
+
+
+def msd_figure(history: pd.DataFrame) -> Figure:
+    """MSD (dB) against iterations, one panel per noise level, one line per method: a `plot` for control panels."""
+    import matplotlib.pyplot as plt
+
+    from .plots import learning_curves
+
+    levels = list(pd.unique(history["noise_std"]))
+    fig, axes = plt.subplots(1, len(levels), figsize=(3.6 * len(levels), 3.2), layout="constrained", squeeze=False)
+    for ax, sigma in zip(axes[0], levels):
+        learning_curves(history[history["noise_std"] == sigma], y="msd_db", x="iteration", ax=ax)
+        ax.set(title=f"noise std {sigma:g}", ylabel="MSD (dB)" if ax is axes[0][0] else None)
+        ax.set_ylim(bottom=max(ax.get_ylim()[0], -150))  # noiseless ADMM falls to float64 precision, -300 dB
+        ax.get_legend().remove()
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize="small")
+    return fig
+
+
+METHODS = ("FedAvg", "ADMM-FL", "NR-ADMM", "NR-ADMM, no continual updates")
+NOISE_OPTIONS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+
+
+def methods_from(values: Mapping[str, object]) -> dict[str, WLSMethod]:
+    """The methods that control values select, with their rho / FedAvg settings."""
+    rho = float(values.get("rho", 30.0))
+    table = {"FedAvg": FedAvgWLS(float(values.get("fedavg_lr", 0.002)), int(values.get("local_steps", 5))),
+             "ADMM-FL": ADMMFL(rho), "NR-ADMM": NoiseRobustADMM(rho),
+             "NR-ADMM, no continual updates": NoiseRobustADMM(rho, continual=False)}
+    chosen = tuple(values.get("algorithms", METHODS))
+    unknown = [name for name in chosen if name not in table]
+    if not chosen or unknown:
+        raise ValueError(f"algorithms must be a non-empty selection of {list(table)}, got {list(chosen)}")
+    return {name: table[name] for name in chosen}
+
+
+def admm_controls(noise_std: float = 0.01, participation: float = 0.3, rho: float = 30.0, iterations: int = 300,
+                  runs: int = 10) -> dict[str, W.Widget]:
+    """The chapter's knobs: link noise, scheduling probability, rho, heterogeneity, size, methods and seed."""
+    import ipywidgets as W  # imported here so that the solver does not load the widget library
+
+    common = {"style": {"description_width": "110px"}, "layout": W.Layout(width="auto")}
+    return {
+        "noise_std": W.SelectionSlider(options=sorted({*NOISE_OPTIONS, noise_std}), value=noise_std,
+                                       description="link noise std", **common),
+        "participation": W.FloatSlider(value=participation, min=0.05, max=1.0, step=0.05, description="scheduling p",
+                                       **common),
+        "rho": W.FloatLogSlider(value=rho, base=10, min=0, max=2.5, step=0.1, description="ADMM rho", **common),
+        "heterogeneity": W.FloatSlider(value=0.5, min=0.0, max=2.0, step=0.1, description="heterogeneity", **common),
+        "n_clients": W.IntSlider(value=20, min=2, max=200, description="clients", **common),
+        "iterations": W.IntSlider(value=iterations, min=50, max=2000, step=50, description="iterations", **common),
+        "runs": W.IntSlider(value=runs, min=1, max=100, description="runs (average)", **common),
+        "algorithms": W.SelectMultiple(options=METHODS, value=METHODS, description="methods", rows=4, **common),
+        "seed": W.IntText(value=0, description="seed", **common),
+    }
+
+
+def admm_run(values: Mapping[str, object]) -> pd.DataFrame:
+    """A `run` for `control_panel`: the problem and methods the values describe, without noise and at the chosen noise."""
+    problem = wls_problem(n_clients=int(values.get("n_clients", 20)),
+                          heterogeneity=float(values.get("heterogeneity", 0.5)), seed=int(values.get("seed", 0)))
+    sigma = float(values.get("noise_std", 0.01))
+    return compare(methods_from(values), problem, int(values.get("iterations", 300)), sorted({0.0, sigma}),
+                   participation=float(values.get("participation", 1.0)), runs=int(values.get("runs", 10)),
+                   seed=int(values.get("seed", 0)))

@@ -1,0 +1,147 @@
+"""Noisy links: additive Gaussian noise at a given SNR on what is transmitted, and lost messages.
+
+`NoisyChannel` corrupts either direction ("up", "down" or "both") of any other channel (the lossless one by
+default, or a compressor, whose decoded output then gets the noise):
+
+- **Additive white Gaussian noise.** Each floating-point tensor of each message gets i.i.d. noise of variance
+  sigma^2 = P / 10^(SNR/10), where P is that message's own mean power mean(v^2); an SNR of infinity adds nothing.
+  On the downlink every receiver draws its own noise, so the channel hands the federation one copy per
+  receiver, stacked (M, ...), and says so with `down_per_client` (the executors' argument of that name).
+- **Message loss** (a packet-erasure link). Each message is lost independently with probability `drop_prob`.
+  A lost message is still paid for (its bits were sent) and arrives as zeros, and the returned tensors carry
+  a boolean mask under the key `ARRIVED` (M,). Meaning, implemented by `delivered(tensors, ids)` for the round
+  loop to apply after each link: a client that loses the global model sits the round out, and the server
+  aggregates only the uploads that arrived, with their weights renormalised over them. A round loop or an
+  aggregation that ignores the mask sees a lost update as a zero update.
+
+Randomness comes from a child of the federation's generator (`Generator.spawn`), so a noisy run samples the
+same clients as a lossless one, and the same seed gives the same noise.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Mapping
+
+import numpy as np
+import torch
+
+from . import Channel, Tensors
+
+if TYPE_CHECKING:
+    import ipywidgets as W
+
+ARRIVED = "arrived"  # key of the (M,) bool mask of messages that arrived
+LINKS = ("up", "down", "both")
+
+
+def noise_std(signal: torch.Tensor, snr_db: float, dim: int | None = None) -> torch.Tensor:
+    """AWGN standard deviation at `snr_db`: sqrt(P / 10^(SNR/10)), P the mean power of `signal` over `dim` (all if None)."""
+    power = signal.square().mean() if dim is None else signal.square().mean(dim=dim, keepdim=True)
+    return (power / 10 ** (snr_db / 10)).sqrt()
+
+
+def _torch_generator(rng: np.random.Generator, device: torch.device) -> torch.Generator:
+    """A torch generator seeded from a child of `rng`, leaving `rng`'s own stream untouched."""
+    child = rng.spawn(1)[0]
+    return torch.Generator(device=device).manual_seed(int(child.integers(2**63 - 1)))
+
+
+class NoisyChannel(Channel):
+    """Gaussian noise at `snr_db` and message loss with probability `drop_prob` on the chosen `links`."""
+
+    def __init__(self, snr_db: float = math.inf, drop_prob: float = 0.0, links: str = "up",
+                 base: Channel | None = None):
+        if math.isnan(snr_db):
+            raise ValueError("snr_db must be a number of decibels or inf (no noise), got nan")
+        if not 0 <= drop_prob <= 1:
+            raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob}")
+        if links not in LINKS:
+            raise ValueError(f"links must be one of {LINKS}, got {links!r}")
+        self.snr_db, self.drop_prob, self.links = snr_db, drop_prob, links
+        self.base = base or Channel()
+
+    @property
+    def corrupts(self) -> bool:
+        """Whether the link changes anything at all (finite SNR or a chance of loss)."""
+        return self.snr_db < math.inf or self.drop_prob > 0
+
+    @property
+    def down_per_client(self) -> bool:
+        """True when the downlink hands each receiver its own copy, stacked (M, ...)."""
+        return self.corrupts and self.links in ("down", "both")
+
+    def downlink(self, down: Tensors, n_receivers: int, rng: np.random.Generator) -> tuple[Tensors, int]:
+        """Server to each receiver through the base channel; with downlink corruption, one noisy copy per receiver."""
+        down, bits = self.base.downlink(down, n_receivers, rng)
+        if not self.down_per_client:
+            return down, bits
+        copies = {k: v.expand(n_receivers, *v.shape) for k, v in down.items()}  # (M, ...) views
+        return self.corrupt(copies, rng), bits
+
+    def uplink(self, messages: Tensors, rng: np.random.Generator,
+               clients: torch.Tensor | None = None) -> tuple[Tensors, int]:
+        """Clients' stacked messages (M, ...) through the base channel, then noise and loss on the uplink.
+
+        `clients` (M,) ids go to a base channel that needs them (error feedback keeps a memory per client)."""
+        messages, bits = (self.base.uplink(messages, rng) if clients is None
+                          else self.base.uplink(messages, rng, clients=clients))
+        if not self.corrupts or self.links == "down":
+            return messages, bits
+        return self.corrupt(messages, rng), bits
+
+    def corrupt(self, stacked: Tensors, rng: np.random.Generator) -> Tensors:
+        """Add noise to each row (one message) of the floating-point tensors, zero lost rows, add the `ARRIVED` mask."""
+        first = next(iter(stacked.values()))
+        n, device = first.shape[0], first.device
+        generator = _torch_generator(rng, device)
+        out = dict(stacked)
+        if self.snr_db < math.inf:
+            for k, v in stacked.items():
+                if v.is_floating_point():
+                    rows = v.reshape(n, -1)  # (M, entries of one message)
+                    noise = torch.randn(rows.shape, generator=generator, device=device, dtype=v.dtype)
+                    out[k] = (rows + noise_std(rows, self.snr_db, dim=1) * noise).view(v.shape)
+        if self.drop_prob > 0:
+            arrived = torch.rand(n, generator=generator, device=device) >= self.drop_prob  # (M,)
+            out = {k: torch.where(arrived.view(-1, *[1] * (v.dim() - 1)), v, torch.zeros_like(v))
+                   for k, v in out.items()}
+            out[ARRIVED] = arrived
+        return out
+
+    def __repr__(self) -> str:
+        return f"NoisyChannel(snr_db={self.snr_db}, drop_prob={self.drop_prob}, links={self.links!r})"
+
+
+def delivered(tensors: Tensors, ids: torch.Tensor) -> tuple[Tensors, torch.Tensor]:
+    """Keep the rows (and client ids) whose message arrived; tensors without an `ARRIVED` mask pass unchanged."""
+    if ARRIVED not in tensors:
+        return tensors, ids
+    rest = {k: v for k, v in tensors.items() if k != ARRIVED}
+    keep = tensors[ARRIVED]
+    return {k: v[keep] for k, v in rest.items()}, ids[keep]
+
+
+# --------------------------------------------------------------------------------------------- widgets
+SNR_OPTIONS = (math.inf, 40.0, 30.0, 20.0, 10.0, 5.0, 0.0)
+
+
+def noise_controls(snr_db: float = math.inf, drop_prob: float = 0.0, links: str = "up") -> dict[str, W.Widget]:
+    """Controls for a noisy link: "snr_db" (inf = no noise), "drop_prob" and "links"; `channel_from` reads them."""
+    import ipywidgets as W  # imported here so that the channel does not load the widget library
+
+    common = {"style": {"description_width": "110px"}, "layout": W.Layout(width="auto")}
+    snrs = sorted({*SNR_OPTIONS, float(snr_db)}, reverse=True)
+    return {
+        "snr_db": W.SelectionSlider(options=[("off" if s == math.inf else f"{s:g} dB", s) for s in snrs],
+                                    value=float(snr_db), description="link SNR", **common),
+        "drop_prob": W.FloatSlider(value=drop_prob, min=0.0, max=0.9, step=0.05, description="message loss",
+                                   **common),
+        "links": W.ToggleButtons(options=LINKS, value=links, description="noisy links", **common),
+    }
+
+
+def channel_from(values: Mapping[str, object], base: Channel | None = None) -> Channel:
+    """The channel that `noise_controls` values describe: `base` (lossless by default) when the link is clean."""
+    channel = NoisyChannel(float(values.get("snr_db", math.inf)), float(values.get("drop_prob", 0.0)),
+                           str(values.get("links", "up")), base)
+    return channel if channel.corrupts else channel.base
