@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .algorithms.base import Algorithm, LocalContext, RoundInfo, Tensors
-from .channel import Channel
+from .channel import Channel, delivered
 from .device import cpu_threads, resolve_device
 from .executors import BatchedExecutor, Cohort, LoopExecutor
 from .models import FlatModel, make_model
@@ -189,6 +189,7 @@ class Federation:
     # ---------------------------------------------------------------------------------------- the round loop
     def start(self, algorithm: Algorithm) -> "RunState":
         """Round 0 of a run: x^0, the algorithm's initial states, and fresh seeded generators."""
+        self.channel.reset()
         x = self.initial_model()
         client_state = {k: v.expand(self.n_clients, *v.shape).clone() for k, v in algorithm.init_client_state(x).items()}
         return RunState(algorithm=algorithm, executor=self.executor_for(algorithm),
@@ -198,23 +199,33 @@ class Federation:
                         generator=torch.Generator(device=self.device).manual_seed(self.seed))  # minibatches
 
     def train_round(self, state: "RunState") -> None:
-        """One round: sample clients, send down, train the cohort, send up, aggregate (updates `state`)."""
-        algorithm, t = state.algorithm, state.round + 1
+        """One round: sample clients, send down, train the cohort, send up, aggregate (updates `state`).
+
+        Clients whose download or upload is lost on the channel drop out of the round; the server averages
+        what arrived, weights renormalised. A round in which nothing arrives leaves the model unchanged."""
+        algorithm, channel = state.algorithm, self.channel
+        state.round = t = state.round + 1
         ids = torch.as_tensor(self.participation.sample(t, self.n_clients, state.rng), device=self.device)
-        down, bits = self.channel.downlink(algorithm.downlink(state.x, state.server_state), len(ids), state.rng)
+        down, bits = channel.downlink(algorithm.downlink(state.x, state.server_state), len(ids), state.rng)
         state.bits_down += bits
+        down, ids = delivered(down, ids)
+        if len(ids) == 0:
+            return
         steps = self.steps_for(ids)
         cohort = Cohort(self.x_train, self.y_train, self.sample_batches(ids, steps, state.generator), steps)
         client_state = {k: v[ids] for k, v in state.client_state.items()}
-        messages, client_state = state.executor(algorithm, down, client_state, cohort, state.ctx)
+        messages, client_state = state.executor(algorithm, down, client_state, cohort, state.ctx,
+                                                down_per_client=channel.down_per_client)
         for k, v in client_state.items():
             state.client_state[k][ids] = v
-        messages, bits = self.channel.uplink(messages, state.rng)
+        messages, bits = channel.uplink(messages, state.rng, clients=ids)
         state.bits_up += bits
+        messages, ids = delivered(messages, ids)
+        if len(ids) == 0:
+            return
         sizes = self.client_sizes[ids].to(state.x.dtype)
         info = RoundInfo(t, ids, self.n_clients, self.client_sizes)
         state.x, state.server_state = algorithm.aggregate(state.x, state.server_state, messages, sizes / sizes.sum(), info)
-        state.round = t
 
     def run(self, algorithm: Algorithm, rounds: int, *, eval_every: int = 1, progress: bool = True,
             on_divergence: str = "raise", label: str | None = None) -> pd.DataFrame:

@@ -172,3 +172,25 @@ def test_fedavg_on_digits_reaches_85_percent(digits_data):
     parts = dirichlet(digits_data.y_train, 20, 0.3, seed=0)
     hist = Federation(digits_data, parts, "mlp").run(FedAvg(), 30, progress=False)
     assert hist.test_acc.max() > 0.85
+
+
+def test_lost_messages_drop_clients_and_executors_still_agree(digits_data, skewed):
+    from flbook.channel import NoisyChannel
+
+    finals = []
+    for executor in ("loop", "batched"):
+        channel = NoisyChannel(snr_db=20.0, drop_prob=0.3, links="both")
+        fed = Federation(digits_data, skewed, "logistic", executor=executor, channel=channel)
+        hist = fed.run(FedAvg(), 4, progress=False)
+        finals.append(fed.final_models["FedAvg"])
+    assert torch.allclose(finals[0], finals[1], atol=1e-5)
+    assert hist.test_acc.iloc[-1] > hist.test_acc.iloc[0]
+
+
+def test_a_round_where_nothing_arrives_keeps_the_model(digits_data, skewed):
+    from flbook.channel import NoisyChannel
+
+    fed = Federation(digits_data, skewed, "logistic", channel=NoisyChannel(drop_prob=1.0, links="up"))
+    hist = fed.run(FedAvg(), 2, progress=False)
+    assert torch.equal(fed.final_models["FedAvg"], fed.initial_model())
+    assert hist.bytes_up.iloc[-1] == 2 * 6 * fed.model.n_params * 4  # lost messages were still sent

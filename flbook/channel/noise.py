@@ -25,12 +25,11 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 import torch
 
-from . import Channel, Tensors
+from . import ARRIVED, Channel, Tensors, delivered  # noqa: F401  (delivered: re-exported for readers of this module)
 
 if TYPE_CHECKING:
     import ipywidgets as W
 
-ARRIVED = "arrived"  # key of the (M,) bool mask of messages that arrived
 LINKS = ("up", "down", "both")
 
 
@@ -110,15 +109,6 @@ class NoisyChannel(Channel):
 
     def __repr__(self) -> str:
         return f"NoisyChannel(snr_db={self.snr_db}, drop_prob={self.drop_prob}, links={self.links!r})"
-
-
-def delivered(tensors: Tensors, ids: torch.Tensor) -> tuple[Tensors, torch.Tensor]:
-    """Keep the rows (and client ids) whose message arrived; tensors without an `ARRIVED` mask pass unchanged."""
-    if ARRIVED not in tensors:
-        return tensors, ids
-    rest = {k: v for k, v in tensors.items() if k != ARRIVED}
-    keep = tensors[ARRIVED]
-    return {k: v[keep] for k, v in rest.items()}, ids[keep]
 
 
 # --------------------------------------------------------------------------------------------- widgets
