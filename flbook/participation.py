@@ -1,16 +1,34 @@
-"""Who takes part in a round. Each model is a small object with `sample(round, n_clients, rng) -> ids`."""
+"""Who takes part in a round. Each model is a small object with `sample(round, n_clients, rng) -> ids`.
+
+Besides sampling, a model tells an aggregation rule how likely each client is to take part:
+`probabilities(n_clients)[k]` is P(k in S_t), the p_k that unbiased rules such as FedVARP and FedStale
+divide by.
+
+- `Uniform`: a fixed number of clients drawn uniformly without replacement (McMahan et al.'s C-fraction).
+- `Bernoulli`: client k takes part independently with its own probability p_k (heterogeneous
+  participation, as in FedVARP and FedStale). `two_groups` builds frequent and rare halves;
+  `data_correlated` ties p_k to a per-client score of the data, e.g. the share of one class.
+
+`participation_controls` and `participation_from` are the widgets' side: sliders for the mean rate and
+its heterogeneity, and the `Bernoulli` model their values describe.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import ipywidgets as W
+
 
 class Participation(Protocol):
-    """A participation model: which clients report in round `round` (sorted ids)."""
+    """A participation model: which clients report in round `round` (sorted ids), and how likely each is to."""
 
     def sample(self, round: int, n_clients: int, rng: np.random.Generator) -> np.ndarray: ...
+
+    def probabilities(self, n_clients: int) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -39,3 +57,104 @@ class Uniform:
         if m == n_clients:
             return np.arange(n_clients)
         return np.sort(rng.choice(n_clients, size=m, replace=False))
+
+    def probabilities(self, n_clients: int) -> np.ndarray:
+        """P(client k takes part in a round) = m / N for every client, shape (N,)."""
+        return np.full(n_clients, self.cohort_size(n_clients) / n_clients)
+
+
+@dataclass(frozen=True)
+class Bernoulli:
+    """Client k takes part in each round independently with probability p[k]: heterogeneous participation.
+
+    A round needs at least one client, so a draw in which nobody reports is drawn again. The sample is
+    then conditioned on being non-empty and client k takes part with probability
+    p_k / (1 - prod_j (1 - p_j)), which `probabilities` returns; the factor is exactly 1 when some p_j = 1
+    and negligible unless every p_j is small (24 clients at p = 0.1: 1.08; at p = 0.5: 1 + 6e-8).
+
+    Papers: Jhunjhunwala et al., "FedVARP", UAI 2022, https://arxiv.org/abs/2207.14130; Rodio & Neglia,
+    "FedStale", 2024, https://arxiv.org/abs/2405.04171 (independent per-client participation).
+    """
+
+    p: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        p = np.asarray(self.p, dtype=float)
+        if p.ndim != 1 or len(p) == 0:
+            raise ValueError(f"p must be a non-empty 1-D sequence of probabilities, got shape {p.shape}")
+        if not ((p > 0) & (p <= 1)).all():
+            raise ValueError(f"p must lie in (0, 1] for every client, got min {p.min()} and max {p.max()}")
+        object.__setattr__(self, "p", tuple(p.tolist()))
+
+    def _check(self, n_clients: int) -> np.ndarray:
+        """p as an array, after checking it has one entry per client."""
+        if n_clients != len(self.p):
+            raise ValueError(f"n_clients must equal len(p) = {len(self.p)}, got {n_clients}")
+        return np.asarray(self.p)
+
+    def sample(self, round: int, n_clients: int, rng: np.random.Generator) -> np.ndarray:
+        """Each client flips its own coin; an empty round is drawn again."""
+        p = self._check(n_clients)
+        while True:
+            ids = np.flatnonzero(rng.random(n_clients) < p)  # sorted
+            if len(ids):
+                return ids
+
+    def probabilities(self, n_clients: int) -> np.ndarray:
+        """P(client k takes part in a round), empty rounds excluded: p_k / (1 - prod_j (1 - p_j)), shape (N,)."""
+        p = self._check(n_clients)
+        return p / (1 - np.prod(1 - p))
+
+
+def two_groups(n_clients: int, rate: float, gap: float) -> Bernoulli:
+    """Frequent and rare clients: the first half takes part with probability rate + gap/2, the rest rate - gap/2.
+
+    gap = 0 is homogeneous Bernoulli(rate) participation; FedStale's (1.0, 0.1) groups are rate 0.55, gap 0.9."""
+    if n_clients < 1:
+        raise ValueError(f"n_clients must be >= 1, got {n_clients}")
+    if not 0 < rate <= 1:
+        raise ValueError(f"rate must be in (0, 1], got {rate}")
+    high, low = rate + gap / 2, rate - gap / 2
+    if not (gap >= 0 and low > 0 and high <= 1 + 1e-12):  # the tolerance absorbs rounding, e.g. 0.55 + 0.9/2
+        raise ValueError(f"gap must be >= 0, below 2 * rate = {2 * rate:.3g} and at most 2 * (1 - rate) = "
+                         f"{2 * (1 - rate):.3g}, so that both groups' probabilities lie in (0, 1]; got {gap}")
+    frequent = n_clients // 2
+    return Bernoulli(tuple([min(high, 1.0)] * frequent + [low] * (n_clients - frequent)))
+
+
+def data_correlated(score: Sequence[float] | np.ndarray, rate: float, strength: float) -> Bernoulli:
+    """Availability tied to the data: p_k = rate * (1 - strength * score_k), for a score in [0, 1] per client.
+
+    With score_k the share of some classes in client k's data (e.g. `flbook.devices.class_share`), the
+    clients holding those classes report rarely, so their classes are under-represented in most rounds."""
+    score = np.asarray(score, dtype=float)
+    if score.ndim != 1 or len(score) == 0 or not ((score >= 0) & (score <= 1)).all():
+        raise ValueError(f"score must be a non-empty 1-D sequence of values in [0, 1], got {score}")
+    if not 0 < rate <= 1:
+        raise ValueError(f"rate must be in (0, 1], got {rate}")
+    if not 0 <= strength < 1:
+        raise ValueError(f"strength must be in [0, 1), got {strength}")
+    return Bernoulli(tuple(rate * (1 - strength * score)))
+
+
+# --------------------------------------------------------------------------------------------- widgets
+def participation_controls(rate: float = 0.5, gap: float = 0.0) -> dict[str, W.Widget]:
+    """Sliders for the mean participation rate and its heterogeneity (the gap between frequent and rare clients).
+
+    The keys are "participation" (it replaces `standard_controls`' uniform fraction) and "participation_gap";
+    `participation_from` turns their values into a `two_groups` model."""
+    import ipywidgets as W  # imported here so that the federation does not load the widget library
+
+    common = {"style": {"description_width": "110px"}, "layout": W.Layout(width="auto")}
+    return {
+        "participation": W.FloatSlider(value=rate, min=0.05, max=1.0, step=0.05, description="participation",
+                                       **common),
+        "participation_gap": W.FloatSlider(value=gap, min=0.0, max=1.0, step=0.05, description="p gap (freq-rare)",
+                                           **common),
+    }
+
+
+def participation_from(values: Mapping[str, object]) -> Bernoulli:
+    """The participation model that control values describe: two_groups(n_clients, participation, participation_gap)."""
+    gap = float(values.get("participation_gap", 0.0))
+    return two_groups(int(values["n_clients"]), float(values["participation"]), gap)

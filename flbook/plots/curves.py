@@ -34,7 +34,8 @@ def learning_curves(history: pd.DataFrame, y: str = "test_acc", x: str = "round"
                     hue: str = "algorithm") -> Axes:
     """Plot `y` against `x` with one line per value of `hue` (in order of appearance); bytes are shown in MB.
 
-    Rows that share `hue` and `x` (e.g. several seeds) become a mean line with a 95% confidence band."""
+    Rows that share `hue` and `x` (e.g. several seeds) become a mean line with a band over their full range
+    (no bootstrap: a confidence interval would resample every point and cost seconds per figure)."""
     missing = [c for c in (x, y, hue) if c not in history.columns]
     if missing:
         raise ValueError(f"history must have columns {missing}; it has {list(history.columns)}")
@@ -44,7 +45,7 @@ def learning_curves(history: pd.DataFrame, y: str = "test_acc", x: str = "round"
     ax = _axes(ax)
     names = list(pd.unique(data[hue]))
     drawn = len(ax.get_lines())
-    sns.lineplot(data=data, x=x, y=y, hue=hue, hue_order=names, legend=False, ax=ax)
+    sns.lineplot(data=data, x=x, y=y, hue=hue, hue_order=names, errorbar=("pi", 100), legend=False, ax=ax)
     for line, name in zip(ax.get_lines()[drawn:], names):  # seaborn draws one line per hue level, in order
         line.set_label(name)
     ax.set(xlabel=LABELS.get(x, x), ylabel=LABELS.get(y, y))

@@ -1,0 +1,192 @@
+"""FedAMD: each sampled client is an anchor (one large-batch gradient) or a miner (variance-reduced local steps).
+
+The server keeps a table of one anchor gradient g_i per client; their mean y, the "bullseye", is a
+global descent direction that is at most a few rounds stale. In round t each participant is an anchor
+with probability p, else a miner:
+
+    anchor:  g_i <- grad f_i(x^t; B'_i)               (B' a large batch; enters y from the next round)
+    miner:   x_0 = x^t, v_0 = y;  for k < K:  x_{k+1} = x_k - eta_l v_k,
+                                             v_{k+1} = v_k + grad f_i(x_{k+1}; B_k) - grad f_i(x_k; B_k)
+             Delta_i = x_K - x^t                      (a SARAH-style recursion started from the bullseye)
+    server:  x^{t+1} = x^t + eta_g mean_{miners} Delta_i   (x^{t+1} = x^t when there is no miner)
+
+How this maps onto the federation (documented choices):
+- The large batch B' is the client's K x B samples of the round taken together. The federation deals them
+  from a fresh shuffle of the shard, each sample once before any repeats, so when K*B >= n_i the batch
+  covers the whole shard and the repeats are a random subset: an unbiased estimate of the full local
+  gradient, exact when K*B is a multiple of n_i (the paper's code uses the full shard, `fullbsz=0`).
+- The paper's server flips each participant's coin; here each participant flips it from a generator seeded
+  by `seed` and reset at the start of every run, and tells the server its role in the message. Hence
+  `batchable = False` (a coin flip and a branch per client are not vmap-able), and every participant
+  receives y, anchors included, so the downlink counts 2P numbers per participant.
+- The paper computes every client's anchor gradient at x^0 before training (`anchor_table(fed)` gives that
+  table; pass it as `initial_table`). Without it the table starts empty and y averages the entries
+  filled so far: miners stay put until the first anchor reports.
+- y and the miners' updates are plain means, as in the paper's code (not weighted by client size); the
+  chapter's experiment gives every client the same number of samples (`equal_dirichlet`), so that FedAMD
+  and FedAvg minimize the same objective.
+
+The rest of the module is the chapter's experiment: `compare_run` (FedAvg, SCAFFOLD and FedAMD over a few
+seeds), `plot_runs` and `panel_controls` for its control panel.
+
+Paper: Wu, Guo, Qu, He, Liu, Gao, "Anchor Sampling for Federated Learning with Partial Client
+Participation", ICML 2023, https://arxiv.org/abs/2206.05891 (Alg. 1; code github.com/HarliWu/FedAMD,
+`algo/fedamd.py`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data import load
+from ..device import cpu_threads
+from ..partition import inner_dirichlet
+from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
+from .fedavg import FedAvg
+from .scaffold import Scaffold
+
+if TYPE_CHECKING:
+    import ipywidgets as W
+    from matplotlib.figure import Figure
+
+    from ..federation import Federation
+
+
+@dataclass
+class FedAMD(Algorithm):
+    """Anchors refresh the server's table of large-batch gradients; miners run SARAH steps from its mean y."""
+
+    anchor_probability: float = 0.2  # p: chance that a participant is an anchor in a round
+    server_lr: float = 1.0  # eta_g
+    seed: int = 0  # seeds the participants' role coins
+    initial_table: torch.Tensor | None = field(default=None, repr=False, compare=False)  # (N, P) g_i at x^0
+    name = "FedAMD"
+    batchable = False  # each participant flips a coin and branches on it
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.anchor_probability <= 1:
+            raise ValueError(f"anchor_probability must be in [0, 1], got {self.anchor_probability}")
+
+    def init_server_state(self, x: torch.Tensor, n_clients: int) -> Tensors:
+        self._coins = np.random.default_rng(self.seed)  # role coins, the same sequence in every run
+        if self.initial_table is None:
+            return {"table": torch.zeros(n_clients, *x.shape, dtype=x.dtype, device=x.device),
+                    "filled": torch.zeros(n_clients, dtype=torch.bool, device=x.device)}
+        if self.initial_table.shape != (n_clients, *x.shape):
+            raise ValueError(f"initial_table must have shape {(n_clients, *x.shape)} (clients, parameters), "
+                             f"got {tuple(self.initial_table.shape)}")
+        return {"table": self.initial_table.to(x), "filled": torch.ones(n_clients, dtype=torch.bool, device=x.device)}
+
+    def downlink(self, x: torch.Tensor, server_state: Tensors) -> Tensors:
+        filled = server_state["filled"].to(x.dtype)  # (N,)
+        y = filled @ server_state["table"] / filled.sum().clamp(min=1)  # (P,) the bullseye: mean anchor gradient
+        return {"x": x, "y": y}
+
+    def client_update(self, down: Tensors, client_state: Tensors, batches: Batches,
+                      ctx: LocalContext) -> tuple[Tensors, Tensors]:
+        x, y = down["x"], down["y"]
+        if self._coins.random() < self.anchor_probability:  # anchor: one large-batch gradient at x^t
+            grad = ctx.grad(x, batches.x.flatten(0, 1), batches.y.flatten(0, 1))  # B' = the K*B samples at once
+            return {"update": grad, "anchor": torch.tensor(True)}, client_state
+
+        def sarah(state: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:  # state (2, P): x_k, v_k
+            x_k, v = state
+            x_next = x_k - ctx.lr * v
+            return torch.stack([x_next, v + ctx.grad(x_next, xb, yb) - ctx.grad(x_k, xb, yb)])
+
+        x_local, _ = self.local_sgd(torch.stack([x, y]), sarah, batches)  # miner: K steps from v_0 = y
+        return {"update": x_local - x, "anchor": torch.tensor(False)}, client_state
+
+    def aggregate(self, x: torch.Tensor, server_state: Tensors, messages: Tensors, weights: torch.Tensor,
+                  info: RoundInfo) -> tuple[torch.Tensor, Tensors]:
+        anchor, update = messages["anchor"], messages["update"]  # (M,), (M, P)
+        anchors = info.clients[anchor]
+        state = {"table": server_state["table"].index_copy(0, anchors, update[anchor]),  # used from the next round
+                 "filled": server_state["filled"].index_fill(0, anchors, True)}
+        miner = (~anchor).to(x.dtype)  # (M,)
+        step = miner @ update / miner.sum().clamp(min=1)  # (P,) mean miner update; zero when all were anchors
+        return x + self.server_lr * step, state
+
+
+def anchor_table(fed: Federation, theta: torch.Tensor | None = None) -> torch.Tensor:
+    """Every client's full local gradient at `theta` (default x^0), shape (N, P): FedAMD's initial table."""
+    theta = fed.initial_model() if theta is None else theta
+    ctx = LocalContext(fed.model, fed.lr, fed.weight_decay, Algorithm().loss, eager=True)
+    shards = (torch.as_tensor(ids, device=fed.device) for ids in fed.partition)
+    with cpu_threads(fed.thread_count()):  # the federation's thread count: one for small models on a CPU
+        return torch.stack([ctx.grad(theta, fed.x_train[ids], fed.y_train[ids]) for ids in shards])
+
+
+# ------------------------------------------------------------------------------------- the chapter's experiment
+def equal_dirichlet(labels: torch.Tensor | np.ndarray, n_clients: int, alpha: float, seed: int = 0) -> list[np.ndarray]:
+    """Dirichlet(alpha) label mixes on equal shards of len(labels) // n_clients samples (the remainder is left out).
+
+    With equal shards FedAMD's plain means over clients weigh them as FedAvg's size weights do."""
+    shard = len(labels) // n_clients
+    return inner_dirichlet(labels[: shard * n_clients], [shard] * n_clients, alpha, seed=seed)
+
+
+def compare_run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
+    """FedAvg, SCAFFOLD and FedAMD on equal Dirichlet shards for values["seeds"] seeds: the panel's `run`.
+
+    Keys: dataset, model, n_clients, alpha, participation (fraction per round), local_steps, batch_size, lr,
+    rounds, seed, seeds, anchor_probability, warm_start (FedAMD's table at x^0, as the paper), algorithms."""
+    from ..federation import Federation  # imported here: the federation imports the algorithms package
+
+    dataset, rounds, first = load(str(values["dataset"])), int(values["rounds"]), int(values.get("seed", 0))
+    chosen = tuple(values.get("algorithms", ("FedAvg", "SCAFFOLD", "FedAMD")))
+    runs = []
+    for seed in range(first, first + int(values.get("seeds", 1))):
+        parts = equal_dirichlet(dataset.y_train, int(values["n_clients"]), float(values["alpha"]), seed=seed)
+        fed = Federation(dataset, parts, str(values["model"]), local_steps=int(values["local_steps"]),
+                         batch_size=int(values.get("batch_size", 32)), lr=float(values["lr"]),
+                         participation=float(values["participation"]), seed=seed)
+        table = anchor_table(fed) if values.get("warm_start", True) else None
+        algorithms = {"FedAvg": FedAvg(), "SCAFFOLD": Scaffold(),
+                      "FedAMD": FedAMD(float(values.get("anchor_probability", 0.2)), seed=seed, initial_table=table)}
+        unknown = [name for name in chosen if name not in algorithms]
+        if not chosen or unknown:
+            raise ValueError(f"algorithms must be a non-empty selection of {list(algorithms)}, got {list(chosen)}")
+        history = fed.compare({name: algorithms[name] for name in chosen}, rounds, progress=progress,
+                              on_divergence="stop")
+        runs.append(history.assign(seed=seed))
+    return pd.concat(runs, ignore_index=True)
+
+
+def plot_runs(history: pd.DataFrame) -> Figure:
+    """Test loss (left) and accuracy (right) per round: mean over seeds, shaded from worst to best seed."""
+    import matplotlib.pyplot as plt  # plotting libraries load only when a figure is drawn
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.5), layout="constrained")
+    for ax, y, label in zip(axes, ("test_loss", "test_acc"), ("test loss", "test accuracy")):
+        # the band spans the seeds (a bootstrap interval of two seeds would say little and costs seconds)
+        sns.lineplot(data=history, x="round", y=y, hue="algorithm", errorbar=("pi", 100), ax=ax)
+        ax.set(ylabel=label)
+    axes[0].legend(fontsize="small", title=None)
+    axes[1].get_legend().remove()
+    return fig
+
+
+def panel_controls(**defaults: object) -> dict[str, W.Widget]:
+    """The chapter's panel: the federation's knobs (equal Dirichlet shards), anchor probability, warm start, seeds."""
+    import ipywidgets as W  # imported here so that the algorithm does not load the widget library
+
+    from ..widgets import standard_controls
+
+    names = ("FedAvg", "SCAFFOLD", "FedAMD")
+    own = {"batch_size": 14, "anchor_probability": 0.2, "warm_start": True, "seeds": 2}
+    own.update((key, defaults.pop(key)) for key in list(own) if key in defaults)
+    controls = {key: widget for key, widget in standard_controls(algorithm_options=names, **defaults).items()
+                if key not in ("partitioner", "classes_per_client", "shards_per_client", "sigma")}
+    common = {"style": {"description_width": "110px"}, "layout": W.Layout(width="auto")}
+    return {**controls,
+            "batch_size": W.IntSlider(value=own["batch_size"], min=1, max=128, description="batch size", **common),
+            "anchor_probability": W.FloatSlider(value=own["anchor_probability"], min=0.0, max=1.0, step=0.05,
+                                                description="anchor prob. p", **common),
+            "warm_start": W.Checkbox(value=own["warm_start"], description="anchor table at x⁰ (paper)", **common),
+            "seeds": W.IntSlider(value=own["seeds"], min=1, max=5, description="seeds", **common)}

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+
+from flbook.participation import (Bernoulli, Uniform, data_correlated, participation_controls, participation_from,
+                                  two_groups)
+
+
+def _frequencies(model, n_clients, rounds=2000, seed=0):
+    """How often each client took part over `rounds` sampled rounds, and the sizes of those rounds."""
+    rng = np.random.default_rng(seed)
+    samples = [model.sample(t, n_clients, rng) for t in range(rounds)]
+    counts = np.zeros(n_clients)
+    for ids in samples:
+        counts[ids] += 1
+    return counts / rounds, np.array([len(ids) for ids in samples]), samples
+
+
+def test_uniform_probabilities_are_the_cohort_fraction():
+    freq, sizes, _ = _frequencies(Uniform(fraction=0.25), 12)
+    assert (sizes == 3).all()
+    np.testing.assert_allclose(Uniform(fraction=0.25).probabilities(12), 0.25)
+    np.testing.assert_allclose(freq, 0.25, atol=0.03)
+    np.testing.assert_allclose(Uniform(count=5).probabilities(10), 0.5)
+
+
+def test_bernoulli_samples_sorted_ids_at_each_clients_rate():
+    p = (1.0, 0.9, 0.5, 0.1, 0.1, 0.3)
+    model = Bernoulli(p)
+    freq, _, samples = _frequencies(model, len(p))
+    assert all((np.diff(ids) > 0).all() for ids in samples)
+    np.testing.assert_allclose(freq, p, atol=0.03)
+    assert freq[0] == 1.0  # p = 1: every round
+    np.testing.assert_allclose(model.probabilities(len(p)), p)  # some p_k = 1: no round is ever empty
+
+
+def test_bernoulli_redraws_empty_rounds_and_reports_the_conditional_probabilities():
+    p = np.array([0.3, 0.2, 0.1])
+    model = Bernoulli(tuple(p))
+    freq, sizes, _ = _frequencies(model, 3, rounds=8000)
+    assert sizes.min() >= 1
+    nonempty = 1 - np.prod(1 - p)  # 0.496: half the raw draws are empty
+    np.testing.assert_allclose(model.probabilities(3), p / nonempty)
+    np.testing.assert_allclose(freq, p / nonempty, atol=0.02)
+
+
+def test_bernoulli_is_deterministic_given_the_generator():
+    model = two_groups(10, 0.4, 0.4)
+    a = [model.sample(t, 10, np.random.default_rng(7)) for t in range(3)]
+    b = [model.sample(t, 10, np.random.default_rng(7)) for t in range(3)]
+    assert all((x == y).all() for x, y in zip(a, b))
+
+
+def test_two_groups_splits_frequent_and_rare_halves():
+    model = two_groups(5, 0.55, 0.9)
+    np.testing.assert_allclose(model.p, [1.0, 1.0, 0.1, 0.1, 0.1])
+    assert max(model.p) == 1.0  # exactly, so these clients take part in every round
+    assert two_groups(4, 0.5, 0.0).p == (0.5,) * 4
+
+
+def test_data_correlated_clients_with_the_class_report_rarely():
+    model = data_correlated([0.0, 0.5, 1.0], rate=0.8, strength=0.75)
+    np.testing.assert_allclose(model.p, [0.8, 0.5, 0.2])
+
+
+def test_controls_describe_two_groups():
+    controls = participation_controls(rate=0.3, gap=0.2)
+    assert set(controls) == {"participation", "participation_gap"}
+    controls["participation"].value = 0.55
+    controls["participation_gap"].value = 0.9
+    values = {key: c.value for key, c in controls.items()} | {"n_clients": 4}
+    assert participation_from(values) == two_groups(4, 0.55, 0.9)
+    assert participation_from({"participation": 0.5, "n_clients": 2}).p == (0.5, 0.5)  # no gap control: homogeneous
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Bernoulli(()), "p must be a non-empty"),
+    (lambda: Bernoulli((0.5, 0.0)), r"p must lie in \(0, 1\]"),
+    (lambda: Bernoulli((1.2,)), r"p must lie in \(0, 1\]"),
+    (lambda: Bernoulli((0.5, 0.5)).sample(1, 3, np.random.default_rng()), "n_clients must equal len"),
+    (lambda: Bernoulli((0.5, 0.5)).probabilities(3), "n_clients must equal len"),
+    (lambda: two_groups(4, 0.0, 0.0), r"rate must be in \(0, 1\]"),
+    (lambda: two_groups(4, 0.3, 0.6), "gap must be >= 0, below 2 \\* rate"),
+    (lambda: two_groups(4, 0.8, 0.5), "gap must be"),
+    (lambda: two_groups(4, 0.5, -0.1), "gap must be"),
+    (lambda: two_groups(0, 0.5, 0.1), "n_clients must be >= 1"),
+    (lambda: data_correlated([0.2, 1.5], 0.5, 0.5), r"score must be .* in \[0, 1\]"),
+    (lambda: data_correlated([0.2], 0.5, 1.0), r"strength must be in \[0, 1\)"),
+    (lambda: data_correlated([0.2], 1.5, 0.5), r"rate must be in \(0, 1\]"),
+])
+def test_bad_inputs_name_the_parameter(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
