@@ -27,7 +27,7 @@ def label_entropy(
     """Shannon entropy (bits) of each client's label distribution: 0 for one class, log2(C) for uniform."""
     counts = counts_matrix(labels, parts, n_classes)
     p = counts / np.maximum(counts.sum(1, keepdims=True), 1)  # empty clients get entropy 0
-    return -(p * np.log2(np.where(p > 0, p, 1.0))).sum(1)
+    return (p * np.log2(1.0 / np.where(p > 0, p, 1.0))).sum(1)  # sum p log(1/p): no -0.0 for one class
 
 
 def sizes(parts: list[np.ndarray]) -> np.ndarray:
