@@ -1,0 +1,131 @@
+"""Device heterogeneity: how long each client takes for a local step and for a round trip over its link.
+
+A `Devices` object holds, per client, the simulated time of one local SGD step and the link latency of
+one job (model down, update up). A job of K local steps on client i takes K * step_time_i + latency_i.
+Times are drawn from a named distribution and can be tied to the data ("intertwined" heterogeneity,
+Wang & Gao 2023, https://arxiv.org/abs/2309.13536): rank them by a per-client score, e.g. the share of
+one class, so that the clients holding that class are also the slow ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+DISTRIBUTIONS = ("constant", "linear", "uniform", "lognormal")
+
+
+@dataclass(frozen=True)
+class Devices:
+    """Per-client compute and communication speed, in simulated time units."""
+
+    step_time: np.ndarray  # (N,) time of one local step
+    latency: np.ndarray  # (N,) round-trip link time of one job
+
+    def __post_init__(self) -> None:
+        step, latency = np.asarray(self.step_time, float), np.asarray(self.latency, float)
+        if step.ndim != 1 or step.shape != latency.shape:
+            raise ValueError(f"step_time and latency must be 1-D of one length, got {step.shape} and {latency.shape}")
+        if not (step > 0).all() or not np.isfinite(step).all():
+            raise ValueError(f"step_time must be finite and > 0 for every client, got min {step.min()}")
+        if not (latency >= 0).all() or not np.isfinite(latency).all():
+            raise ValueError(f"latency must be finite and >= 0 for every client, got min {latency.min()}")
+        object.__setattr__(self, "step_time", step)
+        object.__setattr__(self, "latency", latency)
+
+    @property
+    def n_clients(self) -> int:
+        return len(self.step_time)
+
+    def job_time(self, clients: np.ndarray | torch.Tensor, steps: np.ndarray | torch.Tensor | int) -> np.ndarray:
+        """Simulated duration of each listed client's job of `steps` local steps: K * step_time + latency, (M,)."""
+        ids = np.asarray(clients.cpu() if isinstance(clients, torch.Tensor) else clients, dtype=np.int64)
+        k = np.asarray(steps.cpu() if isinstance(steps, torch.Tensor) else steps, dtype=float)
+        return k * self.step_time[ids] + self.latency[ids]
+
+    def speed_spread(self, steps: int = 1) -> float:
+        """Slowest over fastest job time for `steps` local steps: 1 means homogeneous devices."""
+        times = self.job_time(np.arange(self.n_clients), steps)
+        return float(times.max() / times.min())
+
+    def slowed(self, clients: Sequence[int] | np.ndarray, extra_latency: float = 0.0, factor: float = 1.0) -> "Devices":
+        """A copy in which `clients` compute `factor` times slower and wait `extra_latency` longer per job."""
+        if factor <= 0:
+            raise ValueError(f"factor must be > 0, got {factor}")
+        if extra_latency < 0:
+            raise ValueError(f"extra_latency must be >= 0, got {extra_latency}")
+        ids = np.asarray(clients, dtype=np.int64)
+        step, latency = self.step_time.copy(), self.latency.copy()
+        step[ids] *= factor
+        latency[ids] += extra_latency
+        return Devices(step, latency)
+
+    def __repr__(self) -> str:
+        return (f"Devices({self.n_clients} clients, step_time {self.step_time.min():.3g}-{self.step_time.max():.3g}, "
+                f"latency {self.latency.min():.3g}-{self.latency.max():.3g})")
+
+
+def _multipliers(distribution: str, n: int, spread: float, rng: np.random.Generator) -> np.ndarray:
+    """n time multipliers, slowest first for 'linear': the shape of a device population."""
+    if distribution in ("linear", "uniform") and not 0 <= spread < 1:
+        raise ValueError(f"spread must be in [0, 1) for the {distribution!r} distribution, got {spread}")
+    if spread < 0:
+        raise ValueError(f"spread must be >= 0, got {spread}")
+    draws: dict[str, Callable[[], np.ndarray]] = {
+        "constant": lambda: np.ones(n),
+        "linear": lambda: 1 - spread * np.arange(n) / max(n - 1, 1),  # Fraboni et al.'s F-X: 1 ... 1 - X/100
+        "uniform": lambda: rng.uniform(1 - spread, 1, n),
+        "lognormal": lambda: np.exp(spread * rng.standard_normal(n)),  # median 1, sigma = spread
+    }
+    if distribution not in draws:
+        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+    return draws[distribution]()
+
+
+def _ranks(score: np.ndarray, correlation: float, rng: np.random.Generator) -> np.ndarray:
+    """Each client's rank (0 = lowest) in a noisy copy of `score` whose rank correlation with it is ~`correlation`."""
+    z = (score - score.mean()) / (score.std() or 1.0)
+    z = correlation * z + np.sqrt(1 - correlation**2) * rng.standard_normal(len(score))  # Gaussian copula
+    ranks = np.empty(len(score), dtype=np.int64)
+    ranks[np.argsort(z, kind="stable")] = np.arange(len(score))
+    return ranks
+
+
+def draw(n_clients: int, distribution: str = "lognormal", spread: float = 0.5, *, step_time: float = 1.0,
+         latency: float = 0.0, latency_distribution: str = "constant", latency_spread: float = 0.0,
+         score: Sequence[float] | np.ndarray | None = None, correlation: float = 0.0, seed: int = 0) -> Devices:
+    """Draw per-client step times and latencies; optionally make them grow with a per-client `score`.
+
+    distribution / latency_distribution: 'constant'; 'linear' (evenly spaced from 1 down to 1 - spread,
+    client 0 slowest: Fraboni et al.'s "F-X" with spread = X/100); 'uniform' on [1 - spread, 1];
+    'lognormal' exp(spread * N(0, 1)). Multipliers scale `step_time` and `latency`.
+    score, correlation: with a score per client (e.g. `class_share(...)`), the slow draws go to
+    high-score clients, with rank correlation about `correlation` in [-1, 1] (1: exactly by score)."""
+    if n_clients < 1:
+        raise ValueError(f"n_clients must be >= 1, got {n_clients}")
+    if not -1 <= correlation <= 1:
+        raise ValueError(f"correlation must be in [-1, 1], got {correlation}")
+    rng = np.random.default_rng(seed)
+    steps = step_time * _multipliers(distribution, n_clients, spread, rng)
+    links = latency * _multipliers(latency_distribution, n_clients, latency_spread, rng)
+    if score is not None:
+        score = np.asarray(score, dtype=float)
+        if score.shape != (n_clients,):
+            raise ValueError(f"score must have one value per client, shape ({n_clients},), got {score.shape}")
+        # one shared ordering: a device that computes slowly also sits behind the slower link
+        ranks = _ranks(score, correlation, rng)
+        steps, links = np.sort(steps)[ranks], np.sort(links)[ranks]
+    return Devices(steps, links)
+
+
+def linear(n_clients: int, spread: float, step_time: float = 1.0, latency: float = 0.0) -> Devices:
+    """Fraboni et al.'s scenario F-X, spread = X/100: step times from `step_time` (client 0) to (1 - spread) x that."""
+    return draw(n_clients, "linear", spread, step_time=step_time, latency=latency)
+
+
+def class_share(partition: Sequence[np.ndarray], labels: np.ndarray | torch.Tensor, cls: int) -> np.ndarray:
+    """Share of class `cls` in each client's data, (N,): a score to tie device speed to the data."""
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    return np.array([float(np.mean(labels[np.asarray(p)] == cls)) for p in partition])

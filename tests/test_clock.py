@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+
+from flbook import devices
+from flbook.clock import VirtualClock
+
+
+def test_events_come_out_in_time_order_and_ties_in_scheduling_order():
+    clock = VirtualClock()
+    for delay, name in [(2.0, "c"), (0.5, "a"), (2.0, "d"), (1.0, "b")]:
+        clock.schedule(delay, name)
+    out = [clock.pop() for _ in range(4)]
+    assert [e.payload for e in out] == ["a", "b", "c", "d"]
+    assert [e.time for e in out] == [0.5, 1.0, 2.0, 2.0]
+    assert clock.now == 2.0 and len(clock) == 0
+    with pytest.raises(IndexError, match="empty"):
+        clock.pop()
+
+
+def test_schedule_is_relative_to_now():
+    clock = VirtualClock()
+    clock.schedule(1.0, "first")
+    clock.pop()
+    assert clock.schedule(0.25, "second").time == 1.25
+
+
+def test_pop_until_takes_due_events_with_float_tolerance():
+    clock = VirtualClock()
+    for k in range(1, 6):
+        clock.schedule(0.1 * k, k)  # 0.1 * 3 = 0.30000000000000004
+    assert [e.payload for e in clock.pop_until(0.3)] == [1, 2, 3]
+    assert clock.now == 0.3 and clock.peek().payload == 4
+    assert clock.pop_until(0.35) == [] and clock.now == 0.35
+    with pytest.raises(ValueError, match="time must be >= now"):
+        clock.pop_until(0.1)
+
+
+@pytest.mark.parametrize("delay", [-1.0, float("inf"), float("nan")])
+def test_bad_delays_are_rejected(delay):
+    with pytest.raises(ValueError, match="delay must be"):
+        VirtualClock().schedule(delay)
+
+
+def test_job_time_is_steps_times_step_time_plus_latency():
+    d = devices.Devices(np.array([1.0, 0.5]), np.array([0.0, 2.0]))
+    assert np.allclose(d.job_time([0, 1], 4), [4.0, 4.0])
+    assert np.allclose(d.job_time(torch.tensor([1]), torch.tensor([2])), [3.0])
+    assert d.speed_spread(steps=1) == pytest.approx(2.5 / 1.0)
+
+
+def test_linear_devices_are_fraboni_F_X():
+    d = devices.linear(5, 0.8)
+    assert np.allclose(d.step_time, [1.0, 0.8, 0.6, 0.4, 0.2])  # F-80: slowest 1, fastest 1 - 0.8
+    assert np.allclose(devices.linear(3, 0.0).step_time, 1.0)  # F-0 is homogeneous
+    with pytest.raises(ValueError, match=r"spread must be in \[0, 1\)"):
+        devices.linear(5, 1.0)
+
+
+def test_draw_is_seeded_and_positive():
+    a = devices.draw(50, "lognormal", 1.0, latency=0.3, latency_distribution="uniform", latency_spread=0.5, seed=1)
+    b = devices.draw(50, "lognormal", 1.0, latency=0.3, latency_distribution="uniform", latency_spread=0.5, seed=1)
+    c = devices.draw(50, "lognormal", 1.0, seed=2)
+    assert np.array_equal(a.step_time, b.step_time) and np.array_equal(a.latency, b.latency)
+    assert not np.array_equal(a.step_time, c.step_time)
+    assert (a.step_time > 0).all() and (0.15 <= a.latency).all() and (a.latency <= 0.3).all()
+    with pytest.raises(ValueError, match="distribution must be one of"):
+        devices.draw(5, "pareto")
+
+
+def test_correlated_devices_are_slow_where_the_score_is_high():
+    score = np.random.default_rng(0).random(40)
+    tied = devices.draw(40, "uniform", 0.9, latency=1.0, latency_distribution="uniform", latency_spread=0.5,
+                        score=score, correlation=1.0)
+    assert np.array_equal(np.argsort(tied.step_time), np.argsort(score))  # exactly by score
+    assert np.array_equal(np.argsort(tied.latency), np.argsort(score))  # slow device, slow link
+    loose = devices.draw(40, "uniform", 0.9, score=score, correlation=0.0, seed=3)
+    assert abs(np.corrcoef(np.argsort(np.argsort(loose.step_time)), np.argsort(np.argsort(score)))[0, 1]) < 0.5
+    with pytest.raises(ValueError, match="correlation must be in"):
+        devices.draw(40, score=score, correlation=1.5)
+
+
+def test_class_share_and_slowed_tie_speed_to_the_data():
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    parts = [np.array([0, 1]), np.array([2, 3, 5]), np.array([4])]
+    share = devices.class_share(parts, labels, 1)
+    assert np.allclose(share, [0.0, 2 / 3, 1.0])
+    slow = devices.draw(3, "constant").slowed(np.flatnonzero(share > 0), extra_latency=10.0, factor=2.0)
+    assert np.allclose(slow.job_time([0, 1, 2], 1), [1.0, 12.0, 12.0])
+
+
+def test_devices_validate_their_arrays():
+    with pytest.raises(ValueError, match="step_time must be finite and > 0"):
+        devices.Devices(np.array([1.0, 0.0]), np.zeros(2))
+    with pytest.raises(ValueError, match="one length"):
+        devices.Devices(np.ones(2), np.zeros(3))
