@@ -12,7 +12,7 @@ import torch
 from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
 
 
-@dataclass
+@dataclass(kw_only=True)  # by name only, so a subclass call like FedFix(0.5) cannot set server_lr by accident
 class FedAvg(Algorithm):
     """FedAvg with an optional server learning rate (eta_g = 1 is the paper's plain average)."""
 

@@ -12,7 +12,7 @@ import torch
 from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
 
 
-@dataclass
+@dataclass(kw_only=True)  # hyperparameters by name only
 class Scaffold(Algorithm):
     """SCAFFOLD with global step size eta_g; sends the model and c down, Delta y and Delta c up."""
 
