@@ -82,8 +82,7 @@ class NoisyChannel(Channel):
         """Clients' stacked messages (M, ...) through the base channel, then noise and loss on the uplink.
 
         `clients` (M,) ids go to a base channel that needs them (error feedback keeps a memory per client)."""
-        messages, bits = (self.base.uplink(messages, rng) if clients is None
-                          else self.base.uplink(messages, rng, clients=clients))
+        messages, bits = self.base.uplink(messages, rng, clients=clients)
         if not self.corrupts or self.links == "down":
             return messages, bits
         return self.corrupt(messages, rng), bits
