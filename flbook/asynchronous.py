@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping
@@ -38,7 +37,7 @@ from .clock import TOLERANCE, VirtualClock
 from .device import cpu_threads
 from .devices import Devices
 from .executors import Cohort, LoopExecutor
-from .federation import DivergenceError, Federation
+from .federation import Federation, report_divergence
 from .participation import Participation
 
 if TYPE_CHECKING:
@@ -134,12 +133,8 @@ class AsyncFederation:
         self.updates[label] = pd.DataFrame(run.log, columns=["algorithm", "round", "sim_time", "client", "staleness",
                                                              "weight"])
         if diverged_at is not None:
-            message = (f"{label} diverged at aggregation {diverged_at} (non-finite parameters or loss); "
-                       f"try a smaller learning rate than lr={self.federation.lr}")
-            if on_divergence == "raise":
-                raise DivergenceError(message)
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            history.attrs["diverged_at"] = diverged_at
+            report_divergence(history, f"{label} diverged at aggregation {diverged_at}", diverged_at,
+                              self.federation.lr, on_divergence)
         return history
 
     def compare(self, algorithms: Mapping[str, Algorithm] | Iterable[Algorithm], until: float,

@@ -54,6 +54,15 @@ class RunState:
     bits_down: int = 0
 
 
+def report_divergence(history: pd.DataFrame, what: str, at: int, lr: float, on_divergence: str) -> None:
+    """Raise a `DivergenceError`, or (on_divergence="stop") warn and mark `history.attrs["diverged_at"]`."""
+    message = f"{what} (non-finite parameters or loss); try a smaller learning rate than lr={lr}"
+    if on_divergence == "raise":
+        raise DivergenceError(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    history.attrs["diverged_at"] = at
+
+
 class Federation:
     """A federated task: data split over clients, a model, local-training settings and a round loop."""
 
@@ -257,12 +266,7 @@ class Federation:
         history = pd.DataFrame(rows)
         self.final_models[label] = state.x
         if diverged_at is not None:
-            message = (f"{label} diverged at round {diverged_at} (non-finite parameters or loss); "
-                       f"try a smaller learning rate than lr={self.lr}")
-            if on_divergence == "raise":
-                raise DivergenceError(message)
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            history.attrs["diverged_at"] = diverged_at
+            report_divergence(history, f"{label} diverged at round {diverged_at}", diverged_at, self.lr, on_divergence)
         return history
 
     def _row(self, label: str, state: "RunState", seconds: float) -> dict:
