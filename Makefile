@@ -4,6 +4,7 @@
 #   make lab ARGS=--no-browser   the same on a headless machine (open the printed URL yourself)
 #   make test                    unit tests, then every notebook under nbval
 #   make test-unit | test-notebooks | clean | distclean
+#   make test-ui                 run every notebook in JupyterLab in headless Chromium; screenshots in ui-screenshots/
 #
 # Variables: PYTHON (interpreter that creates .venv), PORT (JupyterLab's port), ARGS or LAB_ARGS
 # (extra JupyterLab options). The environment is rebuilt only when pyproject.toml changes.
@@ -23,10 +24,10 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 NOTEBOOKS := $(shell find notebooks -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*')
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
-.PHONY: help install lab test test-unit test-notebooks clean distclean
+.PHONY: help install lab test test-unit test-notebooks test-ui clean distclean
 
 help:
-	@sed -n '3,9s/^# \{0,1\}//p' Makefile
+	@sed -n '3,10s/^# \{0,1\}//p' Makefile
 
 install: $(STAMP)
 
@@ -45,7 +46,7 @@ lab: install
 test: test-unit test-notebooks
 
 test-unit: install
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --ignore=tests/ui
 
 # Without notebooks pytest would collect nothing and exit 5, so the step is skipped instead.
 # MPLBACKEND is cleared so the kernel keeps its inline backend and figures reach the outputs.
@@ -55,6 +56,24 @@ ifeq ($(NOTEBOOKS),)
 else
 	env -u MPLBACKEND PYTHONHASHSEED=0 $(BIN)/python -m pytest $(NBVAL) notebooks
 endif
+
+# What a reader sees: Playwright drives JupyterLab in Debian's Chromium (installed here when missing; no
+# browser download), runs every notebook and works its control panels. UI_ARGS go to pytest (e.g. -k 01_).
+UI_STAMP := $(VENV)/.flbook-ui-installed
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+UI_ARGS ?=
+
+$(UI_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -e '.[ui]'
+	touch $@
+
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+
+test-ui: $(UI_STAMP) | $(CHROMIUM)
+	$(BIN)/python -m pytest tests/ui -v --durations=0 $(UI_ARGS)
 
 clean:
 	find . -path ./$(VENV) -prune -o -path ./.git -prune -o \
