@@ -44,9 +44,12 @@ def editable_extras(line: str) -> set[str]:
 
 
 def makefile_install_line() -> str:
-    """The argument of the Makefile's `pip install -e ...` of the project."""
-    lines = re.findall(r"pip install (-e\s+\S+)", MAKEFILE)
-    assert len(lines) == 1, f"the Makefile must install the project once, found {lines}"
+    """The argument of the `pip install -e ...` that builds the environment of `make lab` and `make test`
+    (the recipe of the `$(STAMP)` target; `make test-ui` adds its own extra on top)."""
+    recipe = re.search(r"^\$\(STAMP\):.*\n((?:\t.*\n)+)", MAKEFILE, re.M)
+    assert recipe, "the Makefile must have a $(STAMP) target that installs the environment"
+    lines = re.findall(r"pip install (-e\s+\S+)", recipe.group(1))
+    assert len(lines) == 1, f"the environment recipe must install the project once, found {lines}"
     return lines[0]
 
 
