@@ -22,6 +22,13 @@ def equal_parts(n_samples: int, n_clients: int, per_client: int, seed: int = 0) 
     return [np.sort(chunk) for chunk in ids.reshape(n_clients, per_client)]
 
 
+def two_class_split(labels: np.ndarray, n_clients: int, seed: int = 0) -> list[np.ndarray]:
+    """A skewed split without the partition module: each client takes mostly two classes."""
+    rng = np.random.default_rng(seed)
+    owner = (labels * 2 // 3 + rng.integers(0, 2, len(labels))) % n_clients
+    return [np.flatnonzero(owner == k) for k in range(n_clients)]
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Unit tests use one intra-op thread: tiny models, two cores, several processes."""

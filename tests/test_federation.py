@@ -3,22 +3,15 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import equal_parts
+from conftest import equal_parts, two_class_split
 from flbook import DivergenceError, Federation
 from flbook.algorithms import FedAdam, FedAvg, FedAvgM, FedProx, Scaffold
 from flbook.executors import BatchedExecutor, LoopExecutor
 
 
-def _dirichlet_like(labels, n_clients, seed=0):
-    """A skewed split without depending on the partition module: each client takes mostly two classes."""
-    rng = np.random.default_rng(seed)
-    owner = (labels * 2 // 3 + rng.integers(0, 2, len(labels))) % n_clients
-    return [np.flatnonzero(owner == k) for k in range(n_clients)]
-
-
 @pytest.fixture
 def skewed(digits_data):
-    return _dirichlet_like(digits_data.y_train.numpy(), 6)
+    return two_class_split(digits_data.y_train.numpy(), 6)
 
 
 def test_history_columns_and_bytes(digits_data, skewed):

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import two_class_split
 from flbook import Federation
 from flbook.algorithms import FedAvg
 from flbook.algorithms.fedlex import Exploration, FedLEx, exploration_batches, explore, guidance_matrix
@@ -12,16 +13,9 @@ from flbook.executors import BatchedExecutor, LoopExecutor
 from flbook.models import mlp
 
 
-def _skewed(labels, n_clients, seed=0):
-    """Each client takes mostly two classes (no dependency on the partition module)."""
-    rng = np.random.default_rng(seed)
-    owner = (labels * 2 // 3 + rng.integers(0, 2, len(labels))) % n_clients
-    return [np.flatnonzero(owner == k) for k in range(n_clients)]
-
-
 @pytest.fixture
 def fed(digits_data):
-    return Federation(digits_data, _skewed(digits_data.y_train.numpy(), 6), mlp(64, 10, hidden=(16,)), local_steps=3,
+    return Federation(digits_data, two_class_split(digits_data.y_train.numpy(), 6), mlp(64, 10, hidden=(16,)), local_steps=3,
                       batch_size=16, participation=0.5, seed=1)
 
 
@@ -96,7 +90,7 @@ def test_parameters_with_zero_guidance_never_change(fed):
 def test_loop_and_batched_executors_agree(digits_data, epochs):
     results = []
     for executor in (LoopExecutor(), BatchedExecutor(chunk_size=2)):
-        f = Federation(digits_data, _skewed(digits_data.y_train.numpy(), 6), mlp(64, 10, hidden=(16,)), local_steps=3,
+        f = Federation(digits_data, two_class_split(digits_data.y_train.numpy(), 6), mlp(64, 10, hidden=(16,)), local_steps=3,
                        local_epochs=epochs, batch_size=16, participation=0.5, executor=executor, seed=2)
         exploration = explore(f, epochs=1, data_fraction=0.5)
         results.append(exploration.deviation)

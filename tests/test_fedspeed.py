@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import two_class_split
 from flbook import Federation
 from flbook.algorithms import Batches, FedAvg, FedProx, LocalContext, RoundInfo
 from flbook.algorithms.fedspeed import FedSpeed
@@ -10,16 +11,9 @@ from flbook.executors import BatchedExecutor, Cohort, LoopExecutor
 from flbook.models import FlatModel, mlp
 
 
-def _skewed(labels, n_clients, seed=0):
-    """Each client takes mostly two classes (no dependency on the partition module)."""
-    rng = np.random.default_rng(seed)
-    owner = (labels * 2 // 3 + rng.integers(0, 2, len(labels))) % n_clients
-    return [np.flatnonzero(owner == k) for k in range(n_clients)]
-
-
 @pytest.fixture
 def fed(digits_data):
-    return Federation(digits_data, _skewed(digits_data.y_train.numpy(), 6), "logistic", local_steps=4,
+    return Federation(digits_data, two_class_split(digits_data.y_train.numpy(), 6), "logistic", local_steps=4,
                       batch_size=16, participation=0.5, seed=1)
 
 
@@ -89,7 +83,7 @@ def test_without_correction_and_ascent_it_is_fedprox_then_fedavg_exactly(fed):
 
 def test_first_round_extrapolates_like_feddyn(digits_data):
     """From h = 0 with every client: x^1 = 2 avg_i x_{i,K} - x^0, and round 1's local steps are FedProx's."""
-    fed = Federation(digits_data, _skewed(digits_data.y_train.numpy(), 5), "logistic", local_steps=3, seed=2)
+    fed = Federation(digits_data, two_class_split(digits_data.y_train.numpy(), 5), "logistic", local_steps=3, seed=2)
     fed.run(FedProx(mu=0.2), 1, progress=False, label="prox")
     for server in ("simulator", "paper"):
         fed.run(FedSpeed(mu=0.2, rho=0.0, server=server), 1, progress=False, label=server)
@@ -97,7 +91,7 @@ def test_first_round_extrapolates_like_feddyn(digits_data):
 
 
 def test_server_rules_agree_under_full_participation_only(digits_data):
-    parts = _skewed(digits_data.y_train.numpy(), 6)
+    parts = two_class_split(digits_data.y_train.numpy(), 6)
     for participation, agree in ((1.0, True), (0.5, False)):
         fed = Federation(digits_data, parts, "logistic", local_steps=4, batch_size=16, participation=participation,
                          seed=1)
@@ -142,7 +136,7 @@ def test_dual_variable_accumulates_local_updates(digits_data):
 def test_loop_and_batched_executors_agree(digits_data, algorithm, epochs):
     results = []
     for executor in (LoopExecutor(), BatchedExecutor(chunk_size=2)):
-        f = Federation(digits_data, _skewed(digits_data.y_train.numpy(), 6), mlp(64, 10, hidden=(16,)), local_steps=3,
+        f = Federation(digits_data, two_class_split(digits_data.y_train.numpy(), 6), mlp(64, 10, hidden=(16,)), local_steps=3,
                        local_epochs=epochs, batch_size=16, participation=0.5, executor=executor, seed=2)
         results.append(f.run(algorithm, 3, progress=False).test_loss.to_numpy())
         results.append(f.final_models[str(algorithm)])
