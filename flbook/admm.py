@@ -12,6 +12,8 @@ runs and a client dimension K, so one call simulates R Monte Carlo runs of all c
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Mapping, Sequence
 
@@ -120,7 +122,7 @@ def _positive_rho(rho: float) -> None:
         raise ValueError(f"rho must be > 0, got {rho}")
 
 
-class WLSMethod:
+class WLSMethod(ABC):
     """A federated solver of the WLS problem: per-run, per-client state and one iteration over all clients at once."""
 
     name: ClassVar[str] = "method"
@@ -130,10 +132,10 @@ class WLSMethod:
         """State at iteration 0 for runs starting from the global model w (R, L)."""
         return {"u": w[:, None, :].expand(-1, problem.n_clients, -1).clone()}  # server's last upload per client
 
+    @abstractmethod
     def iteration(self, problem: WLSProblem, state: Tensors, w: torch.Tensor, scheduled: torch.Tensor,
                   links: NoisyLinks) -> tuple[torch.Tensor, Tensors]:
         """One iteration with the scheduled clients (R, K) bool; returns the new global model (R, L) and state."""
-        raise NotImplementedError
 
 
 @dataclass

@@ -9,6 +9,7 @@ and hands to the clients it samples.
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -71,8 +72,8 @@ class RoundInfo:
     client_sizes: torch.Tensor  # (N,) samples per client
 
 
-class Algorithm:
-    """Base class: override `client_update` and `aggregate`; the rest has sensible defaults."""
+class Algorithm(ABC):
+    """Base class: define `client_update` and `aggregate`; the rest has sensible defaults."""
 
     name: ClassVar[str] = "Algorithm"
     batchable: ClassVar[bool] = True  # client_update is a pure tensor function that vmap can batch
@@ -93,15 +94,15 @@ class Algorithm:
         """The local training loss; cross-entropy unless a method changes it."""
         return F.cross_entropy(logits, y)
 
+    @abstractmethod
     def client_update(self, down: Tensors, client_state: Tensors, batches: Batches,
                       ctx: LocalContext) -> tuple[Tensors, Tensors]:
         """Local training from the received `down`; returns (message sent up, new client state)."""
-        raise NotImplementedError(f"{type(self).__name__} must define client_update")
 
+    @abstractmethod
     def aggregate(self, x: torch.Tensor, server_state: Tensors, messages: Tensors, weights: torch.Tensor,
                   info: RoundInfo) -> tuple[torch.Tensor, Tensors]:
         """Combine the stacked messages (M, ...) with weights (M,) summing to 1 into the next global model."""
-        raise NotImplementedError(f"{type(self).__name__} must define aggregate")
 
     @staticmethod
     def local_sgd(y: torch.Tensor, step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],

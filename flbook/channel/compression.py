@@ -19,6 +19,7 @@ client updates (Malekijoo et al., arXiv:2102.01593).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Sequence
 
@@ -68,42 +69,42 @@ class TopK:
 
 
 # ------------------------------------------------------------------------------------------- quantizers
-class Quantizer:
+class Quantizer(ABC):
     """Maps each row of values to integer symbols in [0, alphabet) plus a small float table (scale or codebook)."""
 
     stochastic: ClassVar[bool] = False  # True: quantize draws random numbers from its generator
 
     @property
+    @abstractmethod
     def zero(self) -> int | None:
         """The symbol that decodes to exactly 0 (None: no such symbol)."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def alphabet(self) -> int:
         """Number of distinct symbols A."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def table_size(self) -> int:
         """Floats sent per layer besides the symbols."""
-        raise NotImplementedError
 
+    @abstractmethod
     def quantize(self, v: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(M, n) values -> symbols (M, n) int64 and table (M, table_size) float32."""
-        raise NotImplementedError
 
+    @abstractmethod
     def dequantize(self, symbols: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """Symbols (M, n) and table (M, T) -> the values the receiver reconstructs (M, n)."""
-        raise NotImplementedError
 
 
 class _Grid(Quantizer):
     """A symmetric grid {-s, ..., s} * scale / s; symbol = level + s, so symbol s decodes to exactly 0."""
 
     @property
+    @abstractmethod
     def s(self) -> int:
         """Levels per sign."""
-        raise NotImplementedError
 
     @property
     def zero(self) -> int:
@@ -117,13 +118,13 @@ class _Grid(Quantizer):
     def table_size(self) -> int:
         return 1
 
+    @abstractmethod
     def scale(self, v: torch.Tensor) -> torch.Tensor:
         """(M, 1) the magnitude that level s stands for."""
-        raise NotImplementedError
 
+    @abstractmethod
     def round(self, r: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Integer levels for magnitudes r in [0, s]."""
-        raise NotImplementedError
 
     def quantize(self, v: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         scale = self.scale(v)  # (M, 1)
