@@ -4,7 +4,7 @@ The package holds everything the chapters run: datasets, partitioners, models, t
 (federation, executors, participation, channel), algorithms, widgets and plots.
 """
 from . import algorithms
-from .device import default_device
+from .runtime import default_device
 from .federation import DivergenceError, Federation
 from .models import FlatModel, make_model
 from .utils import seed_everything, show_source

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .device import cpu_threads
+from .runtime import cpu_threads
 
 if TYPE_CHECKING:
     import ipywidgets as W

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .algorithms.base import Algorithm, LocalContext, RoundInfo, Tensors
 from .clock import TOLERANCE, VirtualClock
-from .device import cpu_threads
+from .runtime import cpu_threads
 from .devices import Devices
 from .executors import Cohort, LoopExecutor
 from .federation import Federation, report_divergence

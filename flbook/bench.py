@@ -25,7 +25,7 @@ import torch
 
 from .algorithms import FedAvg
 from .data import Dataset, mnist1d
-from .device import cpu_threads, resolve_device
+from .runtime import cpu_threads, resolve_device
 from .executors import BatchedExecutor, LoopExecutor
 from .federation import Federation
 from .partition import iid

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from .algorithms.base import Algorithm, LocalContext
-from .device import cpu_threads
+from .runtime import cpu_threads
 from .executors import Cohort
 from .federation import Federation
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .algorithms.base import Algorithm, LocalContext, RoundInfo, Tensors
 from .channel import Channel, delivered
-from .device import cpu_threads, resolve_device
+from .runtime import cpu_threads, resolve_device
 from .executors import BatchedExecutor, Cohort, LoopExecutor
 from .models import FlatModel, make_model
 from .participation import Participation, Uniform

@@ -25,7 +25,7 @@ def test_executors_agree_on_cuda(digits_data, algorithm):
 
 
 def test_default_device_is_cuda_without_override(monkeypatch):
-    from flbook.device import default_device
+    from flbook.runtime import default_device
 
     monkeypatch.delenv("FLBOOK_DEVICE")
     assert default_device().type == "cuda"

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import load
-from ..device import cpu_threads
+from ..runtime import cpu_threads
 from ..partition import inner_dirichlet
 from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
 from .fedavg import FedAvg

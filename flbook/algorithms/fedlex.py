@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..device import cpu_threads
+from ..runtime import cpu_threads
 from ..executors import Cohort
 from .base import Batches, LocalContext, Tensors
 from .fedavg import FedAvg

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..device import cpu_threads
+from ..runtime import cpu_threads
 from ..models import FlatModel
 from . import Channel, Tensors, tensor_bits
 from .huffman import LENGTH_BITS, RICE_BITS, BitReader, BitWriter, code_lengths, huffman_bits, rice_parameter
