@@ -20,10 +20,11 @@ from tqdm.auto import tqdm
 
 from .algorithms.base import Algorithm, LocalContext, RoundInfo, Tensors
 from .channel import Channel, delivered
-from .runtime import cpu_threads, resolve_device
 from .executors import BatchedExecutor, Cohort, LoopExecutor
+from .history import row as history_row
 from .models import FlatModel, make_model
 from .participation import Participation, Uniform
+from .runtime import cpu_threads, resolve_device
 
 
 class DivergenceError(RuntimeError):
@@ -37,21 +38,61 @@ def _positive(name: str, value: float, integer: bool = False) -> None:
         raise ValueError(f"{name} must be > 0, got {value}")
 
 
+class ClientStates:
+    """Per-client persistent state (e.g. SCAFFOLD's c_i), held only for the clients that have trained.
+
+    A client that never took part reads the algorithm's initial state, so memory follows the clients that
+    trained, not the federation's size (10,000 clients at 1% participation store about 100 rows per round)."""
+
+    def __init__(self, initial: Tensors, n_clients: int, device: torch.device):
+        self.initial = initial  # one client's state at round 0
+        self.slot = torch.full((n_clients,), -1, dtype=torch.long, device=device)  # (N,) row in `rows`; -1: none
+        self.rows = {k: v.new_empty((0, *v.shape)) for k, v in initial.items()}  # (capacity, ...) each
+        self.count = 0  # clients that have a row
+
+    def __bool__(self) -> bool:
+        return bool(self.initial)
+
+    def get(self, ids: torch.Tensor) -> Tensors:
+        """The states of clients `ids` (M,), stacked (M, ...)."""
+        slots = self.slot[ids]
+        seen = slots >= 0
+        out = {k: v.expand(len(ids), *v.shape).clone() for k, v in self.initial.items()}
+        for k, v in out.items():
+            v[seen] = self.rows[k][slots[seen]]
+        return out
+
+    def put(self, ids: torch.Tensor, states: Tensors) -> None:
+        """Store the new states (M, ...) of clients `ids`, giving rows to first-time clients."""
+        new = ids[self.slot[ids] < 0]
+        if len(new):
+            self.slot[new] = torch.arange(self.count, self.count + len(new), device=ids.device)
+            self.count += len(new)
+            capacity = next(iter(self.rows.values())).shape[0]
+            if self.count > capacity:  # grow by doubling, so storing is amortised O(rows written)
+                grow = max(self.count, 2 * capacity) - capacity
+                self.rows = {k: torch.cat([v, v.new_empty((grow, *v.shape[1:]))]) for k, v in self.rows.items()}
+        for k, v in states.items():
+            self.rows[k][self.slot[ids]] = v
+
+
 @dataclass
 class RunState:
     """Everything that changes while one algorithm trains: the model, its states, generators and byte counts."""
 
     algorithm: Algorithm
+    channel: Channel
     executor: LoopExecutor | BatchedExecutor
     ctx: LocalContext
     x: torch.Tensor  # (P,) the global model
     server_state: Tensors
-    client_state: Tensors  # each (N, ...): one row per client
+    client_state: ClientStates
     rng: np.random.Generator
     generator: torch.Generator
     round: int = 0
     bits_up: int = 0
     bits_down: int = 0
+    empty_rounds: int = 0  # rounds in which no update reached the server
 
 
 def report_divergence(history: pd.DataFrame, what: str, at: int, lr: float, on_divergence: str) -> None:
@@ -61,6 +102,17 @@ def report_divergence(history: pd.DataFrame, what: str, at: int, lr: float, on_d
         raise DivergenceError(message)
     warnings.warn(message, RuntimeWarning, stacklevel=3)
     history.attrs["diverged_at"] = at
+
+
+def report_empty_rounds(history: pd.DataFrame, label: str, empty: int, rounds: int, what: str = "round") -> None:
+    """Warn when no update reached the server in some rounds (lost links, nobody sampled); noted in `history.attrs`."""
+    history.attrs["empty_rounds"] = empty
+    if empty == rounds and rounds > 0:
+        warnings.warn(f"{label}: no update reached the server in any of its {rounds} {what}s; the model never "
+                      f"changed", RuntimeWarning, stacklevel=3)
+    elif empty:
+        warnings.warn(f"{label}: no update reached the server in {empty} of {rounds} {what}s", RuntimeWarning,
+                      stacklevel=3)
 
 
 class Federation:
@@ -195,50 +247,91 @@ class Federation:
         """x^0, the same for every algorithm run on this federation."""
         return self.model.init(self.seed, self.device)
 
+    def context(self, algorithm: Algorithm) -> LocalContext:
+        """What `algorithm`'s clients know while training: this federation's model, learning rate and loss."""
+        return LocalContext(self.model, self.lr, self.weight_decay, algorithm.loss)
+
     # ---------------------------------------------------------------------------------------- the round loop
-    def start(self, algorithm: Algorithm) -> "RunState":
-        """Round 0 of a run: x^0, the algorithm's initial states, and fresh seeded generators."""
-        self.channel.reset()
+    def start(self, algorithm: Algorithm, channel: Channel | None = None) -> RunState:
+        """Round 0 of a run over `channel` (default: the federation's): x^0, the algorithm's initial states, the
+        channel's memory cleared, and fresh seeded generators."""
+        channel = self.channel if channel is None else channel
+        channel.reset()
         x = self.initial_model()
-        client_state = {k: v.expand(self.n_clients, *v.shape).clone() for k, v in algorithm.init_client_state(x).items()}
-        return RunState(algorithm=algorithm, executor=self.executor_for(algorithm),
-                        ctx=LocalContext(self.model, self.lr, self.weight_decay, algorithm.loss), x=x,
-                        server_state=algorithm.init_server_state(x, self.n_clients), client_state=client_state,
+        return RunState(algorithm=algorithm, channel=channel, executor=self.executor_for(algorithm),
+                        ctx=self.context(algorithm), x=x,
+                        server_state=algorithm.init_server_state(x, self.n_clients),
+                        client_state=ClientStates(algorithm.init_client_state(x), self.n_clients, self.device),
                         rng=np.random.default_rng(self.seed),  # client sampling and channel randomness
                         generator=torch.Generator(device=self.device).manual_seed(self.seed))  # minibatches
 
-    def train_round(self, state: "RunState") -> None:
+    def broadcast(self, state: RunState, ids: torch.Tensor) -> tuple[Tensors, torch.Tensor]:
+        """Send the current `downlink` to clients `ids` over the channel: (what arrived, the ids it reached).
+
+        What arrived is one shared message, or one row per receiver (M, ...) when the channel's `down_per_client`."""
+        down, bits = state.channel.downlink(state.algorithm.downlink(state.x, state.server_state), len(ids), state.rng)
+        state.bits_down += bits
+        return delivered(down, ids)
+
+    def collect(self, state: RunState, ids: torch.Tensor, down: Tensors, *, steps: torch.Tensor | None = None,
+                down_per_client: bool | None = None, executor: LoopExecutor | BatchedExecutor | None = None
+                ) -> tuple[Tensors, torch.Tensor]:
+        """Train clients `ids` from what they received and send their messages up: (what arrived, its senders).
+
+        `steps` (M,) overrides the local steps per client; `down` holds one row per client when
+        `down_per_client` (default: as the channel delivers it). Client states are written back for every
+        client that trained, whether or not its message then arrives."""
+        if steps is None:
+            steps = self.steps_for(ids)
+        per_client = state.channel.down_per_client if down_per_client is None else down_per_client
+        index = self.sample_batches(ids, steps, state.generator)  # (M, K, B)
+        messages, client_state = self.train_cohort(state.algorithm, down, index, steps, state.client_state.get(ids),
+                                                   per_client, executor or state.executor, state.ctx)
+        if client_state:
+            state.client_state.put(ids, client_state)
+        messages, bits = state.channel.uplink(messages, state.rng, clients=ids)
+        state.bits_up += bits
+        return delivered(messages, ids)
+
+    def train_cohort(self, algorithm: Algorithm, down: Tensors, index: torch.Tensor, steps: torch.Tensor | None = None,
+                     client_state: Tensors | None = None, down_per_client: bool = False,
+                     executor: LoopExecutor | BatchedExecutor | None = None, ctx: LocalContext | None = None
+                     ) -> tuple[Tensors, Tensors]:
+        """Local training of one cohort on sample ids `index` (M, K, B): (messages (M, ...), new client states).
+
+        The piece of a round that trains; also what pre-phases such as FedLEx's exploration and the drift
+        measures call. `steps` (M,) marks each client's real steps; states default to the algorithm's initial."""
+        if client_state is None:
+            x = self.initial_model()
+            client_state = {k: v.expand(len(index), *v.shape) for k, v in algorithm.init_client_state(x).items()}
+        cohort = Cohort(self.x_train, self.y_train, index, steps)
+        executor = executor or self.executor_for(algorithm)
+        return executor(algorithm, down, client_state, cohort, ctx or self.context(algorithm),
+                        down_per_client=down_per_client)
+
+    def train_round(self, state: RunState) -> None:
         """One round: sample clients, send down, train the cohort, send up, aggregate (updates `state`).
 
         Clients whose download or upload is lost on the channel drop out of the round; the server averages
-        what arrived, weights renormalised. A round in which nothing arrives leaves the model unchanged."""
-        algorithm, channel = state.algorithm, self.channel
+        what arrived, weights renormalised. A round in which nothing arrives leaves the model unchanged and is
+        counted in `state.empty_rounds`."""
         state.round = t = state.round + 1
         ids = torch.as_tensor(self.participation.sample(t, self.n_clients, state.rng), device=self.device)
-        down, bits = channel.downlink(algorithm.downlink(state.x, state.server_state), len(ids), state.rng)
-        state.bits_down += bits
-        down, ids = delivered(down, ids)
+        down, ids = self.broadcast(state, ids)
+        if len(ids):
+            messages, ids = self.collect(state, ids, down)
         if len(ids) == 0:
-            return
-        steps = self.steps_for(ids)
-        cohort = Cohort(self.x_train, self.y_train, self.sample_batches(ids, steps, state.generator), steps)
-        client_state = {k: v[ids] for k, v in state.client_state.items()}
-        messages, client_state = state.executor(algorithm, down, client_state, cohort, state.ctx,
-                                                down_per_client=channel.down_per_client)
-        for k, v in client_state.items():
-            state.client_state[k][ids] = v
-        messages, bits = channel.uplink(messages, state.rng, clients=ids)
-        state.bits_up += bits
-        messages, ids = delivered(messages, ids)
-        if len(ids) == 0:
+            state.empty_rounds += 1
             return
         sizes = self.client_sizes[ids].to(state.x.dtype)
+        weights = sizes / sizes.sum()  # (M,) p_i = n_i / sum_S n_j
         info = RoundInfo(t, ids, self.n_clients, self.client_sizes)
-        state.x, state.server_state = algorithm.aggregate(state.x, state.server_state, messages, sizes / sizes.sum(), info)
+        state.x, state.server_state = state.algorithm.aggregate(state.x, state.server_state, messages, weights, info)
 
-    def run(self, algorithm: Algorithm, rounds: int, *, eval_every: int = 1, progress: bool = True,
-            on_divergence: str = "raise", label: str | None = None) -> pd.DataFrame:
-        """Train `algorithm` for `rounds` rounds; returns the history, one row per evaluation.
+    def run(self, algorithm: Algorithm, rounds: int, *, channel: Channel | None = None, eval_every: int = 1,
+            progress: bool = True, on_divergence: str = "raise", label: str | None = None) -> pd.DataFrame:
+        """Train `algorithm` for `rounds` rounds over `channel` (default: the federation's); returns the history,
+        one row per evaluation.
 
         on_divergence: "raise" a `DivergenceError`, or "stop" with a warning and return the rows so far
         (the history's `attrs["diverged_at"]` names the round)."""
@@ -247,7 +340,7 @@ class Federation:
         if on_divergence not in ("raise", "stop"):
             raise ValueError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
         label = label or str(algorithm)
-        state = self.start(algorithm)
+        state = self.start(algorithm, channel)
         rows = [self._row(label, state, 0.0)]
         start = time.perf_counter()
         diverged_at = None
@@ -265,18 +358,24 @@ class Federation:
                         break
         history = pd.DataFrame(rows)
         self.final_models[label] = state.x
+        report_empty_rounds(history, label, state.empty_rounds, state.round)
         if diverged_at is not None:
             report_divergence(history, f"{label} diverged at round {diverged_at}", diverged_at, self.lr, on_divergence)
         return history
 
-    def _row(self, label: str, state: "RunState", seconds: float) -> dict:
-        return {"algorithm": label, "round": state.round, **self.evaluate(state.x), "bytes_up": state.bits_up // 8,
-                "bytes_down": state.bits_down // 8, "wall_time": seconds}
+    def _row(self, label: str, state: RunState, seconds: float) -> dict:
+        return history_row(label, state.round, self.evaluate(state.x), state.bits_up, state.bits_down, seconds)
 
-    def compare(self, algorithms: Mapping[str, Algorithm] | Iterable[Algorithm], rounds: int, **run_kwargs) -> pd.DataFrame:
-        """Run several algorithms on this federation (same partition, seed and batches); one long history."""
+    def compare(self, algorithms: Mapping[str, Algorithm | tuple[Algorithm, Channel]] | Iterable[Algorithm],
+                rounds: int, **run_kwargs) -> pd.DataFrame:
+        """Run several algorithms on this federation (same partition, seed and batches); one long history.
+
+        A value may be an (algorithm, channel) pair, to compare one algorithm over several channels."""
         named = algorithms.items() if isinstance(algorithms, Mapping) else ((str(a), a) for a in algorithms)
-        histories = [self.run(algo, rounds, label=name, **run_kwargs) for name, algo in named]
+        histories = []
+        for name, entry in named:
+            algorithm, channel = entry if isinstance(entry, tuple) else (entry, None)
+            histories.append(self.run(algorithm, rounds, channel=channel, label=name, **run_kwargs))
         return pd.concat(histories, ignore_index=True)
 
     def __repr__(self) -> str:

@@ -11,11 +11,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from conftest import equal_parts  # noqa: E402
-from flbook import Federation, widgets  # noqa: E402
+from flbook import Federation  # noqa: E402
 from flbook.algorithms.fedavg import FedAvg  # noqa: E402
 from flbook.algorithms.fedfix import AsyncFedAvg, FedBuff, FedFix  # noqa: E402
-from flbook.asynchronous import AsyncFederation, class_accuracy, compare_schemes, scheme_controls, \
-    scheme_figure  # noqa: E402
+from flbook.asynchronous import AsyncFederation, class_accuracy  # noqa: E402
 from flbook.devices import draw, linear  # noqa: E402
 from flbook.participation import Uniform  # noqa: E402
 from flbook.plots.staleness import plot_weight_shares, staleness_histogram, time_and_round_curves, \
@@ -59,7 +58,7 @@ def test_one_client_is_sequential_local_sgd(digits_data):
     one = Federation(digits_data, equal_parts(len(digits_data.y_train), 1, 30), "logistic", local_steps=K,
                      batch_size=10, lr=0.2, seed=1, executor="loop")
     one.run(FedAvg(), 3, progress=False)
-    for algo in (AsyncFedAvg(), FedBuff(buffer_size=3, policy="weight"), FedFix(period=1.0)):
+    for algo in (AsyncFedAvg(), FedBuff(buffer_size=1, policy="weight"), FedFix(period=1.0)):
         runner, _ = _run(one, algo, draw(1, "constant", step_time=0.5), 3.0)
         assert torch.allclose(runner.final_models["run"], one.final_models["FedAvg"], atol=1e-6), str(algo)
 
@@ -138,7 +137,7 @@ def test_bad_arguments(fed):
     with pytest.raises(ValueError, match="devices must describe"):
         AsyncFederation(fed, linear(M + 1, 0.5))
     runner = AsyncFederation(fed, linear(M, 0.5))
-    with pytest.raises(ValueError, match="until must be > 0"):
+    with pytest.raises(ValueError, match="until must be a finite number > 0"):
         runner.run(FedAvg(), 0.0)
     with pytest.raises(ValueError, match="period must be > 0"):
         FedFix(period=0.0)
@@ -156,15 +155,3 @@ def test_plots_accept_a_run(fed):
     ax = plot_weight_shares(log, fed.client_sizes.numpy(), runner.devices.job_time(np.arange(M), K))
     assert len(ax.get_lines()) >= 2
     assert len(time_and_round_curves(history).axes) == 2
-
-
-def test_scheme_panel_runs_from_its_controls():
-    controls = scheme_controls(n_clients=3, time_budget=1.0, local_steps=2)
-    panel = widgets.control_panel(run=lambda v: compare_schemes(v, progress=False), controls=controls,
-                                  plot=scheme_figure, title="schemes")
-    panel.controls["buffer_size"].value = 2
-    panel.on_run()
-    assert panel.error is None
-    assert set(panel.history["algorithm"]) == {"FedAvg (sync)", "Async FedAvg", "FedBuff-2", "FedFix-0.5"}
-    assert panel.history["sim_time"].max() == pytest.approx(1.0)
-    assert len(panel.figure.axes) == 2

@@ -8,7 +8,8 @@ from flbook.algorithms.base import Batches, LocalContext
 from flbook.algorithms.fedavg import FedAvg
 from flbook.algorithms.staleness_inversion import GradientInversion, StaleFedAvg, invert_update, \
     label_logits_from_update, unrolled_update, update_distance
-from flbook.asynchronous import AsyncFederation, AsyncInfo, class_accuracy, compare_staleness
+from flbook.algorithms.base import AsyncInfo
+from flbook.asynchronous import AsyncFederation, class_accuracy
 from flbook.devices import draw
 from flbook.models import logistic, mlp
 from flbook.participation import Uniform
@@ -119,17 +120,6 @@ def test_unchanged_model_makes_corrections_vanish(fed):
     assert update_distance(gi - x, direct - x) < 0.3  # what is left is the inversion's own fitting error
     assert int(state["converted"]) == 2 and state["x_rec"].shape == (M, 8, 1, 8, 8)
     assert state["fitted"].tolist() == [1, 1] + [0] * (M - 2)
-
-
-def test_staleness_experiment_runs_small():
-    history = compare_staleness({"n_clients": 10, "rounds": 4, "delay": 2, "gi_iterations": 2, "n_rec": 2,
-                                 "hidden": 8}, progress=False)
-    assert {"no delay (oracle)", "direct", "GI conversion", "drop stale"} <= set(history["algorithm"])
-    assert history["class_acc"].between(0, 1).all()
-    log = history.attrs["updates"]
-    assert set(log.loc[log.client.isin(history.attrs["slow"]), "staleness"]) == {2}
-    with pytest.raises(ValueError, match="dataset must be"):
-        compare_staleness({"dataset": "synthetic"})
 
 
 def test_class_accuracy_metric(fed):

@@ -5,6 +5,10 @@ side effects in `client_update`), so an executor can run `client_update` for one
 whole cohort at once under `torch.func.vmap`. State is explicit: `server_state` (e.g. momentum, control
 variate) and per-client `client_state` (e.g. SCAFFOLD's c_i), which the federation stores for every client
 and hands to the clients it samples.
+
+Every contract and hook a round loop may call is declared here: `RoundInfo` for the synchronous loop,
+`AsyncInfo` for the asynchronous one, and on `Algorithm` the asynchronous trigger (`period`, `buffer_size`)
+and `aggregation_weights`.
 """
 from __future__ import annotations
 
@@ -72,11 +76,40 @@ class RoundInfo:
     client_sizes: torch.Tensor  # (N,) samples per client
 
 
+@dataclass(frozen=True)
+class AsyncInfo(RoundInfo):
+    """`RoundInfo` plus what rules for late updates need: staleness, start models and device times."""
+
+    staleness: torch.Tensor  # (M,) aggregations between each update's start model and now
+    start_models: torch.Tensor  # (M, P) the model each client started from, x^{rho_i}
+    steps: torch.Tensor  # (M,) local steps each client took
+    job_time: torch.Tensor  # (N,) float64, tau_i: simulated time of one job (its usual local steps) on client i
+    applied_count: torch.Tensor  # (N,) aggregations so far (this one included) that applied an update of client i
+    sim_time: float  # when this aggregation happens
+    ctx: LocalContext  # the clients' model, learning rate and loss, for server-side recomputation
+    input_shape: tuple[int, ...]  # shape of one sample
+    n_classes: int
+
+
+def size_weights(info: RoundInfo) -> torch.Tensor:
+    """n_i / sum_S n_j over the clients being aggregated (M,): the round's FedAvg weights."""
+    sizes = info.client_sizes[info.clients].double()
+    return sizes / sizes.sum()
+
+
 class Algorithm(ABC):
     """Base class: define `client_update` and `aggregate`; the rest has sensible defaults."""
 
     name: ClassVar[str] = "Algorithm"
     batchable: ClassVar[bool] = True  # client_update is a pure tensor function that vmap can batch
+    # When the asynchronous loop aggregates: every `period` time units (FedFix), as soon as `buffer_size`
+    # updates wait (FedBuff; 1 is asynchronous FedAvg), or, with neither, once every job in flight has returned.
+    period: ClassVar[float | None] = None
+    buffer_size: ClassVar[int | None] = None
+
+    def aggregation_weights(self, info: AsyncInfo) -> torch.Tensor:
+        """The asynchronous loop's weights d_i (M,) for this aggregation's updates; default n_i / sum_S n_j."""
+        return size_weights(info).float()
 
     def init_server_state(self, x: torch.Tensor, n_clients: int) -> Tensors:
         """Server-side state at round 0 (e.g. momentum buffers)."""

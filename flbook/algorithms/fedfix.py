@@ -12,19 +12,17 @@ i's job time and p_i = n_i / n its share of the data.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
+from .base import AsyncInfo
 from .fedavg import FedAvg
-
-if TYPE_CHECKING:
-    from ..asynchronous import AsyncInfo
 
 POLICIES = ("weight", "identical")
 
 
-def data_share(info: "AsyncInfo") -> torch.Tensor:
+def data_share(info: AsyncInfo) -> torch.Tensor:
     """p_i = n_i / n of the applied clients (M,): each client's weight in the federated objective."""
     return info.client_sizes[info.clients].double() / info.client_sizes.sum()
 
@@ -45,7 +43,7 @@ class AsyncFedAvg(FedAvg):
     def __post_init__(self) -> None:
         _check_policy(self.policy)
 
-    def aggregation_weights(self, info: "AsyncInfo") -> torch.Tensor:
+    def aggregation_weights(self, info: AsyncInfo) -> torch.Tensor:
         """d_i: client i arrives 1/tau_i times per time unit, so scaling by tau_i makes its rate prop. to p_i."""
         if self.policy == "identical":
             return torch.ones(len(info.clients), device=info.clients.device)
@@ -66,7 +64,7 @@ class FedBuff(FedAvg):
         if self.buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
 
-    def aggregation_weights(self, info: "AsyncInfo") -> torch.Tensor:
+    def aggregation_weights(self, info: AsyncInfo) -> torch.Tensor:
         """d_i; freq_i is the share of aggregations so far that included client i (the code uses the whole run's)."""
         if self.policy == "identical":
             return torch.full((len(info.clients),), 1 / self.buffer_size, device=info.clients.device)
@@ -85,7 +83,7 @@ class FedFix(FedAvg):
         if not self.period > 0:
             raise ValueError(f"period must be > 0, got {self.period}")
 
-    def aggregation_weights(self, info: "AsyncInfo") -> torch.Tensor:
+    def aggregation_weights(self, info: AsyncInfo) -> torch.Tensor:
         """Client i is applied once every ceil(tau_i / dt) aggregations, so its weight makes up for the gap."""
         gap = torch.ceil(info.job_time[info.clients] / self.period - 1e-9)  # float-safe: 1.0 / 0.2 is 5, not 6
         return (gap * data_share(info)).float()

@@ -12,17 +12,13 @@ directly, scale it by 2^{-tau/20}, correct it to first order (DC-ASGD), or drop 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..models import FlatModel
-from .base import Tensors
+from .base import AsyncInfo, Tensors, size_weights
 from .fedavg import FedAvg
-
-if TYPE_CHECKING:
-    from ..asynchronous import AsyncInfo
 
 STALE_POLICIES = ("direct", "weighted", "dc-asgd", "drop")
 COSTS = ("l1", "l2")
@@ -87,12 +83,6 @@ def label_logits_from_update(model: FlatModel, delta: torch.Tensor, n_classes: i
     return scale * bias / bias.abs().max().clamp_min(1e-12)
 
 
-def _data_weights(info: "AsyncInfo") -> torch.Tensor:
-    """n_i / sum_S n_j over this aggregation's updates (M,): the round's plain average."""
-    sizes = info.client_sizes[info.clients].double()
-    return sizes / sizes.sum()
-
-
 @dataclass
 class StaleFedAvg(FedAvg):
     """FedAvg that applies late updates when they arrive, handled by `policy` (the paper's baselines)."""
@@ -109,9 +99,9 @@ class StaleFedAvg(FedAvg):
         if not self.half_life > 0:
             raise ValueError(f"half_life must be > 0, got {self.half_life}")
 
-    def aggregation_weights(self, info: "AsyncInfo") -> torch.Tensor:
+    def aggregation_weights(self, info: AsyncInfo) -> torch.Tensor:
         """Plain average over the round's updates; stale ones shrunk ('weighted') or left out ('drop')."""
-        p = _data_weights(info)
+        p = size_weights(info)
         stale = info.staleness.to(p.dtype)
         if self.policy == "weighted":
             p = p * 2.0 ** (-stale / self.half_life)
@@ -121,7 +111,7 @@ class StaleFedAvg(FedAvg):
         return p.float()
 
     def aggregate(self, x: torch.Tensor, server_state: Tensors, messages: Tensors, weights: torch.Tensor,
-                  info: "AsyncInfo") -> tuple[torch.Tensor, Tensors]:
+                  info: AsyncInfo) -> tuple[torch.Tensor, Tensors]:
         """x + sum_i d_i Delta_i, each Delta_i first corrected to first order under 'dc-asgd'."""
         delta = messages["delta"]  # (M, P)
         if self.policy == "dc-asgd":  # first-order delay compensation, Zheng et al. 2017, as in fixed.py
@@ -150,7 +140,7 @@ class GradientInversion(FedAvg):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 
-    def surrogates(self, server_state: Tensors, info: "AsyncInfo") -> Tensors:
+    def surrogates(self, server_state: Tensors, info: AsyncInfo) -> Tensors:
         """Every client's surrogate data X (N, n_rec, ...), uniform in `bounds` (else N(0, 1)), labels Y~ and counts."""
         if "x_rec" in server_state:
             return server_state
@@ -166,7 +156,7 @@ class GradientInversion(FedAvg):
                 "converted": torch.zeros((), dtype=torch.long, device=g.device)}
 
     def convert(self, x: torch.Tensor, start: torch.Tensor, delta: torch.Tensor, x_rec: torch.Tensor,
-                y_rec: torch.Tensor, info: "AsyncInfo", steps: int
+                y_rec: torch.Tensor, info: AsyncInfo, steps: int
                 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """Fit D_rec to one stale update from `start`; (U(x^t; D_rec) or None when guarded off, fitted X, fitted Y~)."""
         model, lr = info.ctx.model, info.ctx.lr
@@ -179,7 +169,7 @@ class GradientInversion(FedAvg):
         return (None if keep_stale else fresh), x_rec, y_rec
 
     def aggregate(self, x: torch.Tensor, server_state: Tensors, messages: Tensors, weights: torch.Tensor,
-                  info: "AsyncInfo") -> tuple[torch.Tensor, Tensors]:
+                  info: AsyncInfo) -> tuple[torch.Tensor, Tensors]:
         """x + sum_i d_i Delta_i, with every stale Delta_i replaced by its conversion U(x^t; D_rec)."""
         state = self.surrogates(server_state, info)
         x_rec, y_rec, fitted = state["x_rec"].clone(), state["y_rec"].clone(), state["fitted"].clone()
