@@ -15,19 +15,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Mapping, Sequence
+from typing import ClassVar
 
 import numpy as np
-import pandas as pd
 import torch
 
+from .algorithms.base import Tensors
 from .runtime import cpu_threads
-
-if TYPE_CHECKING:
-    import ipywidgets as W
-    from matplotlib.figure import Figure
-
-Tensors = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -282,90 +276,3 @@ def steady_state_msd(problem: WLSProblem, rho: float, downlink_std: float, uplin
         P, power = P + power @ P @ power.T, power @ power
     E = torch.kron(torch.full((1, K), 1 / K, dtype=F.dtype), eye)  # (L, KL) the server's average
     return float(torch.trace(E @ P @ E.T) + L * uplink_std**2 / K)
-
-
-# ------------------------------------------------------------------------------ the chapter's experiments
-def compare(methods: Mapping[str, WLSMethod], problem: WLSProblem, iterations: int, noise_levels: Sequence[float], *,
-            participation: float = 1.0, runs: int = 10, seed: int = 0) -> pd.DataFrame:
-    """MSD curves of several methods at several noise levels (the same std on both links); one tidy row per point."""
-    frames = []
-    for sigma in noise_levels:
-        for label, method in methods.items():
-            curve = simulate(method, problem, iterations, participation=participation, downlink_std=sigma,
-                             uplink_std=sigma, runs=runs, seed=seed)
-            frames.append(pd.DataFrame({"algorithm": label, "noise_std": sigma, "participation": participation,
-                                        "iteration": np.arange(iterations + 1), "msd": curve.numpy()}))
-    history = pd.concat(frames, ignore_index=True)
-    return history.assign(msd_db=10 * np.log10(history["msd"]))
-
-
-def error_floors(history: pd.DataFrame, last: int = 100) -> pd.DataFrame:
-    """Steady-state MSD in dB: the mean MSD of the `last` iterations, one row per noise level, one column per method."""
-    tail = history[history["iteration"] > history["iteration"].max() - last]
-    floors = tail.groupby(["noise_std", "algorithm"], sort=False)["msd"].mean().unstack("algorithm")
-    return 10 * np.log10(floors)
-
-
-def msd_figure(history: pd.DataFrame) -> Figure:
-    """MSD (dB) against iterations, one panel per noise level, one line per method: a `plot` for control panels."""
-    import matplotlib.pyplot as plt
-
-    from .plots import learning_curves
-
-    levels = list(pd.unique(history["noise_std"]))
-    fig, axes = plt.subplots(1, len(levels), figsize=(3.6 * len(levels), 3.2), layout="constrained", squeeze=False)
-    for ax, sigma in zip(axes[0], levels):
-        learning_curves(history[history["noise_std"] == sigma], y="msd_db", x="iteration", ax=ax)
-        ax.set(title=f"noise std {sigma:g}", ylabel="MSD (dB)" if ax is axes[0][0] else None)
-        ax.set_ylim(bottom=max(ax.get_ylim()[0], -150))  # noiseless ADMM falls to float64 precision, -300 dB
-        ax.get_legend().remove()
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize="small")
-    return fig
-
-
-METHODS = ("FedAvg", "ADMM-FL", "NR-ADMM", "NR-ADMM, no continual updates")
-NOISE_OPTIONS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
-
-
-def methods_from(values: Mapping[str, object]) -> dict[str, WLSMethod]:
-    """The methods that control values select, with their rho / FedAvg settings."""
-    rho = float(values.get("rho", 30.0))
-    table = {"FedAvg": FedAvgWLS(float(values.get("fedavg_lr", 0.002)), int(values.get("local_steps", 5))),
-             "ADMM-FL": ADMMFL(rho), "NR-ADMM": NoiseRobustADMM(rho),
-             "NR-ADMM, no continual updates": NoiseRobustADMM(rho, continual=False)}
-    chosen = tuple(values.get("algorithms", METHODS))
-    unknown = [name for name in chosen if name not in table]
-    if not chosen or unknown:
-        raise ValueError(f"algorithms must be a non-empty selection of {list(table)}, got {list(chosen)}")
-    return {name: table[name] for name in chosen}
-
-
-def admm_controls(noise_std: float = 0.01, participation: float = 0.3, rho: float = 30.0, iterations: int = 300,
-                  runs: int = 10) -> dict[str, W.Widget]:
-    """The chapter's knobs: link noise, scheduling probability, rho, heterogeneity, size, methods and seed."""
-    import ipywidgets as W  # imported here so that the solver does not load the widget library
-
-    common = {"style": {"description_width": "110px"}, "layout": W.Layout(width="auto")}
-    return {
-        "noise_std": W.SelectionSlider(options=sorted({*NOISE_OPTIONS, noise_std}), value=noise_std,
-                                       description="link noise std", **common),
-        "participation": W.FloatSlider(value=participation, min=0.05, max=1.0, step=0.05, description="scheduling p",
-                                       **common),
-        "rho": W.FloatLogSlider(value=rho, base=10, min=0, max=2.5, step=0.1, description="ADMM rho", **common),
-        "heterogeneity": W.FloatSlider(value=0.5, min=0.0, max=2.0, step=0.1, description="heterogeneity", **common),
-        "n_clients": W.IntSlider(value=20, min=2, max=200, description="clients", **common),
-        "iterations": W.IntSlider(value=iterations, min=50, max=2000, step=50, description="iterations", **common),
-        "runs": W.IntSlider(value=runs, min=1, max=100, description="runs (average)", **common),
-        "algorithms": W.SelectMultiple(options=METHODS, value=METHODS, description="methods", rows=4, **common),
-        "seed": W.IntText(value=0, description="seed", **common),
-    }
-
-
-def admm_run(values: Mapping[str, object]) -> pd.DataFrame:
-    """A `run` for `control_panel`: the problem and methods the values describe, without noise and at the chosen noise."""
-    problem = wls_problem(n_clients=int(values.get("n_clients", 20)),
-                          heterogeneity=float(values.get("heterogeneity", 0.5)), seed=int(values.get("seed", 0)))
-    sigma = float(values.get("noise_std", 0.01))
-    return compare(methods_from(values), problem, int(values.get("iterations", 300)), sorted({0.0, sigma}),
-                   participation=float(values.get("participation", 1.0)), runs=int(values.get("runs", 10)),
-                   seed=int(values.get("seed", 0)))

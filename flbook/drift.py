@@ -11,10 +11,9 @@ from typing import Sequence
 
 import torch
 
-from .algorithms.base import Algorithm, LocalContext
-from .runtime import cpu_threads
-from .executors import Cohort
+from .algorithms.base import Algorithm
 from .federation import Federation
+from .runtime import cpu_threads
 
 
 def client_updates(fed: Federation, algorithm: Algorithm, theta: torch.Tensor,
@@ -31,12 +30,10 @@ def client_updates(fed: Federation, algorithm: Algorithm, theta: torch.Tensor,
     theta = theta.to(fed.device)
     generator = torch.Generator(device=fed.device).manual_seed(seed)
     steps = fed.steps_for(ids)
-    cohort = Cohort(fed.x_train, fed.y_train, fed.sample_batches(ids, steps, generator), steps)
     down = algorithm.downlink(theta, algorithm.init_server_state(theta, fed.n_clients))
     state = {k: v.expand(len(ids), *v.shape) for k, v in algorithm.init_client_state(theta).items()}  # (M, ...)
-    ctx = LocalContext(fed.model, fed.lr, fed.weight_decay, algorithm.loss)
     with cpu_threads(fed.thread_count()):
-        messages, _ = fed.executor_for(algorithm)(algorithm, down, state, cohort, ctx)
+        messages, _ = fed.train_cohort(algorithm, down, fed.sample_batches(ids, steps, generator), steps, state)
     if "delta" not in messages:
         raise ValueError(f"algorithm must send an update 'delta'; {algorithm.name} sends {sorted(messages)}")
     return messages["delta"]

@@ -15,24 +15,14 @@ act on the shift term, aggregation methods (FedLD's principal gradient) on the a
 """
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import Mapping
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 
-from .algorithms import Algorithm, FedAvg, FedProx, Scaffold
-from .algorithms.base import Batches, LocalContext, RoundInfo, Tensors
-from .algorithms.fedld import FedLD
+from .algorithms.base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
 from .federation import Federation
-from .models import FlatModel, mlp
-from .plots import accuracy_vs_bytes, learning_curves
-
-if TYPE_CHECKING:
-    import ipywidgets as W
 
 TERMS = ("local_loss", "shift_loss", "aggregation_loss")
 COLUMNS = ("round", *TERMS, "train_loss", "step_norm", "update_norm")
@@ -118,80 +108,3 @@ def compare(federation: Federation, algorithms: Mapping[str, Algorithm], rounds:
     """`decompose` for several algorithms on the same federation (same partition, seed and batches)."""
     return pd.concat([decompose(federation, algo, rounds, label=name, **run_kwargs)
                       for name, algo in algorithms.items()], ignore_index=True)
-
-
-# ----------------------------------------------------------------------------------- the FedLD chapter's runs
-def fedld_lineup(model: FlatModel, margin: float = 0.1, k_prop: float = 0.8, mu: float = 0.01) -> dict[str, Algorithm]:
-    """The chapter's comparison: the baselines, FedLD, and FedLD with one of its two parts switched off."""
-    return {"FedAvg": FedAvg(), "FedProx": FedProx(mu=mu), "SCAFFOLD": Scaffold(),
-            "FedLD": FedLD.for_model(model, margin=margin, k_prop=k_prop),
-            "margin only": FedLD(margin=margin, principal_gradient=False),
-            "principal gradient only": FedLD.for_model(model, margin=0.0, k_prop=k_prop)}
-
-
-def fedld_controls(hidden: int = 64, margin: float = 0.1, k_prop: float = 0.8, mu: float = 0.01) -> dict[str, W.Widget]:
-    """Sliders for the chapter's own knobs: the MLP's width, FedLD's margin lambda and k_prop, FedProx's mu."""
-    import ipywidgets as W  # the panel's pieces need the notebook widgets; measuring the terms does not
-
-    common = {"style": {"description_width": "110px"}, "layout": W.Layout(width="auto")}
-    return {"hidden": W.IntSlider(value=hidden, min=4, max=256, description="MLP width", **common),
-            "margin": W.FloatSlider(value=margin, min=0.0, max=2.0, step=0.05, description="FedLD lambda", **common),
-            "k_prop": W.FloatSlider(value=k_prop, min=0.05, max=1.0, step=0.05, description="FedLD k_prop", **common),
-            "mu": W.FloatLogSlider(value=mu, base=10, min=-4, max=0, step=0.25, readout_format=".3g",
-                                   description="FedProx mu", **common)}
-
-
-def small_mlp_federation(values: Mapping[str, object]) -> Federation:
-    """`widgets.federation_from(values)` with a one-hidden-layer MLP of width `values["hidden"]`."""
-    from .widgets import federation_from
-
-    hidden = int(values["hidden"])
-    if hidden < 1:
-        raise ValueError(f"hidden must be >= 1, got {hidden}")
-    dataset = federation_from(values).dataset
-    model = mlp(math.prod(dataset.input_shape), dataset.n_classes, hidden=(hidden,))
-    return federation_from({**values, "model": model})
-
-
-def fedld_run(progress: bool = True) -> Callable[[dict], pd.DataFrame]:
-    """A `run` for the chapter's control panel: `fedld_lineup` at the panel's knobs, with the three terms.
-
-    Values: the standard controls plus "hidden" (MLP width), "margin", "k_prop" and "mu"; "algorithms"
-    selects which of the lineup's names run."""
-
-    def run(values: dict) -> pd.DataFrame:
-        fed = small_mlp_federation(values)
-        lineup = fedld_lineup(fed.model, float(values["margin"]), float(values["k_prop"]), float(values["mu"]))
-        chosen = tuple(values.get("algorithms", lineup))
-        if not chosen or any(name not in lineup for name in chosen):
-            raise ValueError(f"algorithms must be a non-empty selection of {list(lineup)}, got {list(chosen)}")
-        return compare(fed, {name: lineup[name] for name in chosen}, int(values["rounds"]), progress=progress,
-                       on_divergence="stop")
-
-    return run
-
-
-def plot_terms(history: pd.DataFrame, axes=None) -> Figure:
-    """The three terms and their sum per round, one panel each, one line per algorithm."""
-    columns = [*TERMS, "train_loss"]
-    if axes is None:
-        _, axes = plt.subplots(1, len(columns), figsize=(14.0, 3.0), sharex=True, layout="constrained")
-    rows = history.dropna(subset=list(TERMS))
-    for ax, column in zip(axes, columns):
-        for label, part in rows.groupby("algorithm", sort=False):
-            ax.plot(part["round"], part[column], label=label)
-        ax.set(title=column.replace("_", " "), xlabel="round")
-    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")  # outside, right of the panels
-    return axes[0].figure
-
-
-def decomposition_figure(history: pd.DataFrame) -> Figure:
-    """Accuracy per round and per MB (top), the three terms and the training loss (bottom): the panel's plot."""
-    fig = plt.figure(figsize=(14.0, 6.0), layout="constrained")
-    top, bottom = fig.subfigures(2, 1)
-    by_round, by_bytes = top.subplots(1, 2)
-    learning_curves(history, ax=by_round)
-    accuracy_vs_bytes(history, ax=by_bytes)
-    by_bytes.get_legend().remove()
-    plot_terms(history, axes=bottom.subplots(1, 4, sharex=True))
-    return fig

@@ -8,19 +8,13 @@ divide by.
 - `Bernoulli`: client k takes part independently with its own probability p_k (heterogeneous
   participation, as in FedVARP and FedStale). `two_groups` builds frequent and rare halves;
   `data_correlated` ties p_k to a per-client score of the data, e.g. the share of one class.
-
-`participation_controls` and `participation_from` are the widgets' side: sliders for the mean rate and
-its heterogeneity, and the `Bernoulli` model their values describe.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import ipywidgets as W
 
 
 class Participation(Protocol):
@@ -135,26 +129,3 @@ def data_correlated(score: Sequence[float] | np.ndarray, rate: float, strength: 
     if not 0 <= strength < 1:
         raise ValueError(f"strength must be in [0, 1), got {strength}")
     return Bernoulli(tuple(rate * (1 - strength * score)))
-
-
-# --------------------------------------------------------------------------------------------- widgets
-def participation_controls(rate: float = 0.5, gap: float = 0.0) -> dict[str, W.Widget]:
-    """Sliders for the mean participation rate and its heterogeneity (the gap between frequent and rare clients).
-
-    The keys are "participation" (it replaces `standard_controls`' uniform fraction) and "participation_gap";
-    `participation_from` turns their values into a `two_groups` model."""
-    import ipywidgets as W  # imported here so that the federation does not load the widget library
-
-    common = {"style": {"description_width": "110px"}, "layout": W.Layout(width="auto")}
-    return {
-        "participation": W.FloatSlider(value=rate, min=0.05, max=1.0, step=0.05, description="participation",
-                                       **common),
-        "participation_gap": W.FloatSlider(value=gap, min=0.0, max=1.0, step=0.05, description="p gap (freq-rare)",
-                                           **common),
-    }
-
-
-def participation_from(values: Mapping[str, object]) -> Bernoulli:
-    """The participation model that control values describe: two_groups(n_clients, participation, participation_gap)."""
-    gap = float(values.get("participation_gap", 0.0))
-    return two_groups(int(values["n_clients"]), float(values["participation"]), gap)

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from flbook.admm import (ADMMFL, METHODS, FedAvgWLS, NoiseRobustADMM, WLSMethod, _where, admm_controls, admm_run,
-                         compare, error_floors, matvec, msd, msd_figure, noise_robust_dynamics, simulate,
+from flbook.admm import (ADMMFL, FedAvgWLS, NoiseRobustADMM, WLSMethod, _where, matvec, msd, noise_robust_dynamics, simulate,
                          steady_state_msd, wls_problem)
 
 RHO = 30.0
@@ -150,32 +149,10 @@ def test_same_seed_same_curve(problem):
     (lambda p: simulate(ADMMFL(), p, 5, runs=0), r"runs must be a positive integer, got 0"),
     (lambda p: wls_problem(n_clients=0), r"n_clients must be a positive integer, got 0"),
     (lambda p: wls_problem(weight_range=(0, 1)), r"weight_range must satisfy 0 < low <= high"),
-    (lambda p: admm_run({"algorithms": ("SGD",)}), r"algorithms must be a non-empty selection of"),
 ])
 def test_bad_arguments_name_the_parameter(problem, call, message):
     with pytest.raises(ValueError, match=message):
         call(problem)
-
-
-def test_compare_floors_and_figure(problem):
-    history = compare({"ADMM-FL": ADMMFL(RHO), "NR-ADMM": NoiseRobustADMM(RHO)}, problem, 40, [0.0, 0.01], runs=2)
-    assert len(history) == 2 * 2 * 41 and {"algorithm", "noise_std", "iteration", "msd_db"} <= set(history.columns)
-    floors = error_floors(history, last=10)
-    assert list(floors.columns) == ["ADMM-FL", "NR-ADMM"] and list(floors.index) == [0.0, 0.01]
-    assert (floors.loc[0.01] > floors.loc[0.0]).all()
-    fig = msd_figure(history)
-    assert len(fig.axes) == 2
-
-
-def test_control_panel_callback(problem):
-    controls = admm_controls(iterations=50, runs=2)
-    controls["noise_std"].value, controls["participation"].value = 0.03, 0.5
-    controls["algorithms"].value = ("ADMM-FL", "NR-ADMM")
-    history = admm_run({k: w.value for k, w in controls.items()})
-    assert set(history["noise_std"]) == {0.0, 0.03} and set(history["algorithm"]) == {"ADMM-FL", "NR-ADMM"}
-    assert set(history["participation"]) == {0.5} and history["iteration"].max() == 50
-    assert set(METHODS) == set(admm_controls()["algorithms"].options)
-    assert np.isfinite(history["msd_db"]).all()
 
 
 @pytest.mark.parametrize("build, message", [

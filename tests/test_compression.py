@@ -8,9 +8,8 @@ from flbook import Federation
 from flbook.algorithms import FedAvg, Scaffold
 from flbook.channel import Channel
 from flbook.channel.compression import (COMPRESSORS, QSGD, CompressedChannel, Compressor, KMeans, TopK, Uniform,
-                                        compare_channels, fedzip, kmeans, layers_of, make_compressor, qsgd, top_k,
+                                        fedzip, kmeans, layers_of, make_compressor, qsgd, top_k,
                                         uniform)
-from flbook.channel.widgets import compression_controls, compression_channel_from, compressed_run, compressor_from
 from flbook.models import mlp
 
 PIPELINES = [
@@ -258,34 +257,7 @@ def test_history_bytes_are_the_channels_bits(digits_data):
     assert history.bytes_up.iloc[-1] < history.bytes_down.iloc[-1] / 10  # Delta y and Delta c both compressed
 
 
-def test_compare_channels_runs_each_pair_and_restores_the_channel(digits_data):
-    own = Channel()
-    fed = _federation(digits_data, channel=own)
-    runs = {"plain": (FedAvg(), CompressedChannel(layers=fed.model)),
-            "8 bits": (FedAvg(), CompressedChannel(uniform(8), layers=fed.model))}
-    history = compare_channels(fed, runs, 2, progress=False)
-    assert list(pd.unique(history.algorithm)) == ["plain", "8 bits"]
-    last = history.groupby("algorithm").bytes_up.last()
-    assert last["8 bits"] < last["plain"] / 3
-    assert fed.channel is own
-
-
 # ------------------------------------------------------------------------------------------------ widgets
-def test_compression_controls_follow_the_method():
-    controls = compression_controls("top-k")
-    assert controls["level"].value == 0.1 and controls["level"].description == "fraction kept"
-    controls["compression"].value = "uniform"
-    assert controls["level"].value == 8 and 4 in controls["level"].options
-    assert str(compressor_from({k: c.value for k, c in controls.items()})) == "uniform(8 bits)"
-    controls["compression"].value = "none"
-    assert controls["level"].disabled and compressor_from({"compression": "none", "level": None}).lossless
-    with pytest.raises(ValueError, match="level must be one of"):
-        compression_controls("qsgd", level=3)
-    model = mlp(64, 10, hidden=(4,))
-    channel = compression_channel_from({"compression": "k-means", "level": 4}, model)
-    assert str(channel.up) == "k-means(4)" and channel.layers == layers_of(model)
-
-
 def test_every_method_builds_at_every_level():
     for method, entry in COMPRESSORS.items():
         for level in entry.levels:
@@ -294,22 +266,11 @@ def test_every_method_builds_at_every_level():
             assert decoded.shape == (1, 64) and int(bits[0]) > 0
 
 
-def test_compressed_run_adds_an_uncompressed_reference(digits_data):
-    values = {"dataset": "digits", "model": "mlp", "n_clients": 4, "rounds": 2, "algorithms": ("FedAvg",),
-              "compression": "qsgd", "level": 4}
-    history = compressed_run(progress=False)(values)
-    assert list(pd.unique(history.algorithm)) == ["FedAvg", "FedAvg + QSGD(4 levels)"]
-    only = compressed_run(reference=False, progress=False)({**values, "compression": "none", "level": None})
-    assert list(pd.unique(only.algorithm)) == ["FedAvg"]
-    with pytest.raises(ValueError, match="algorithms must be"):
-        compressed_run(progress=False)({**values, "algorithms": ("Nope",)})
-
-
 def test_a_compressed_channel_can_be_the_base_of_a_noisy_link():
     from flbook.channel import NoisyChannel
 
     model = mlp(8, 3, hidden=(5,))
-    base = compression_channel_from({"compression": "uniform", "level": 8}, model)
+    base = CompressedChannel(uniform(8), layers=model)
     messages = {"delta": _rows(m=2, n=model.n_params)}
     clean, clean_bits = base.uplink(messages, np.random.default_rng(0))
     noisy, noisy_bits = NoisyChannel(snr_db=20.0, base=base).uplink(messages, np.random.default_rng(0))

@@ -156,28 +156,3 @@ def test_batched_executor_is_refused(digits_data):
 def test_bad_inputs_name_the_parameter(make, message):
     with pytest.raises(ValueError, match=message):
         make()
-
-
-def test_equal_dirichlet_shards_are_equal_and_disjoint(digits_data):
-    from flbook.algorithms.fedamd import equal_dirichlet
-
-    parts = equal_dirichlet(digits_data.y_train, 20, alpha=0.1, seed=0)
-    assert {len(p) for p in parts} == {len(digits_data.y_train) // 20}
-    assert len(np.unique(np.concatenate(parts))) == 20 * (len(digits_data.y_train) // 20)
-
-
-def test_panel_compares_the_three_methods_over_seeds():
-    from flbook.algorithms.fedamd import compare_run, panel_controls, plot_runs
-    from flbook.widgets import control_panel
-
-    controls = panel_controls(dataset="digits", model="logistic", n_clients=4, participation=0.5, local_steps=2,
-                              rounds=3, seeds=2, algorithms=("FedAvg", "SCAFFOLD", "FedAMD"))
-    panel = control_panel(run=compare_run, controls=controls, plot=plot_runs)
-    panel.controls["anchor_probability"].value = 0.5
-    panel.on_run()
-    assert panel.error is None and panel.figure is not None
-    assert set(panel.history["algorithm"]) == {"FedAvg", "SCAFFOLD", "FedAMD"}
-    assert set(panel.history["seed"]) == {0, 1} and len(panel.history) == 3 * 2 * 4
-    panel.controls["algorithms"].value = ()
-    panel.on_run()
-    assert "algorithms must be a non-empty selection" in panel.error

@@ -8,12 +8,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from flbook import Federation, widgets  # noqa: E402
+from flbook import Federation  # noqa: E402
 from flbook.algorithms import FedAvg  # noqa: E402
 from flbook.algorithms.fedld import FedLD, margin_penalty, principal_gradient  # noqa: E402
 from flbook.executors import BatchedExecutor, LoopExecutor  # noqa: E402
-from flbook.loss_decomposition import (TERMS, LossProbe, compare, decompose, decomposition_figure,  # noqa: E402
-                                       fedld_controls, fedld_lineup, fedld_run)
+from flbook.loss_decomposition import TERMS, LossProbe, compare, decompose  # noqa: E402
 from flbook.models import mlp  # noqa: E402
 from flbook.partition import dirichlet  # noqa: E402
 
@@ -200,27 +199,6 @@ def test_decomposition_needs_an_update_delta(digits_data, skewed):
 
     with pytest.raises(ValueError, match="algorithm must send an update 'delta'; FedAvg sends \\['y'\\]"):
         decompose(Federation(digits_data, skewed, "logistic"), SendsModels(), 1, progress=False)
-
-
-def test_lineup_and_panel_run(digits_data):
-    model = mlp(64, 10, hidden=(8,))
-    lineup = fedld_lineup(model, margin=0.2, k_prop=0.6, mu=0.05)
-    assert list(lineup) == ["FedAvg", "FedProx", "SCAFFOLD", "FedLD", "margin only", "principal gradient only"]
-    assert (lineup["FedLD"].margin, lineup["FedLD"].k_prop, lineup["FedProx"].mu) == (0.2, 0.6, 0.05)
-    values = {"model": "mlp", "hidden": 8, "n_clients": 4, "alpha": 0.1, "local_steps": 2, "rounds": 2, "margin": 0.1,
-              "k_prop": 0.8, "mu": 0.01, "algorithms": ("FedAvg", "FedLD"), "device": "cpu"}
-    standard = {k: v for k, v in values.items() if k in widgets.DEFAULTS}
-    controls = {**widgets.standard_controls(algorithm_options=tuple(lineup), **standard),
-                **fedld_controls(hidden=8, margin=0.1, k_prop=0.8, mu=0.01)}
-    panel = widgets.control_panel(run=fedld_run(progress=False), controls=controls, plot=decomposition_figure)
-    panel.on_run()
-    assert panel.error is None
-    assert list(panel.history["algorithm"].unique()) == ["FedAvg", "FedLD"]
-    assert set(TERMS) <= set(panel.history.columns) and len(panel.history) == 6
-    controls["algorithms"].value = ()
-    panel.on_run()
-    assert panel.error.startswith("ValueError: algorithms must be a non-empty selection of")
-    plt.close("all")
 
 
 def test_compare_labels_runs_by_name(digits_data, skewed):

@@ -139,24 +139,3 @@ def test_str_hides_the_guidance_tensor():
 
 
 # ------------------------------------------------------------------------------------------ control panel
-def test_panel_explores_then_charges_fedlex_for_it():
-    import matplotlib.pyplot as plt
-
-    from flbook import plots, widgets
-    from flbook.algorithms.fedlex import panel_controls, panel_run
-
-    controls = panel_controls(n_clients=5, rounds=2, local_steps=2)
-    panel = widgets.control_panel(run=lambda values: panel_run(values, progress=False), controls=controls,
-                                  plot=plots.accuracy_figure)
-    controls["algorithms"].value = ("FedAvg", "FedLEx")
-    controls["explore_epochs"].value = 2
-    controls["data_fraction"].value = 0.5
-    panel.on_run()
-    plt.close("all")
-    assert panel.error is None
-    first = panel.history[panel.history["round"] == 0].set_index("algorithm")
-    assert first.loc["FedAvg", "bytes_up"] == 0
-    assert first.loc["FedLEx", "bytes_up"] == 5 * widgets.federation_from(panel.values()).model.n_params * 4
-    controls["algorithms"].value = ()
-    panel.on_run()
-    assert panel.error is not None and "algorithms must be a non-empty selection" in panel.error

@@ -163,23 +163,3 @@ def test_str_names_changed_hyperparameters():
 
 
 # ------------------------------------------------------------------------------------------ control panel
-def test_panel_runs_the_selected_algorithms_with_fedspeeds_knobs():
-    import matplotlib.pyplot as plt
-
-    from flbook import plots, widgets
-    from flbook.algorithms.fedspeed import panel_controls, panel_run
-
-    controls = panel_controls(n_clients=5, rounds=2, local_steps=2)
-    panel = widgets.control_panel(run=lambda values: panel_run(values, progress=False), controls=controls,
-                                  plot=plots.accuracy_figure)
-    controls["algorithms"].value = ("FedAvg", "FedSpeed")
-    controls["fedspeed_rho"].value = 0.0
-    controls["fedspeed_server"].value = "paper"
-    panel.on_run()
-    plt.close("all")
-    assert panel.error is None
-    assert list(panel.history.algorithm.unique()) == ["FedAvg", "FedSpeed"]
-    assert panel.history["round"].max() == 2
-    controls["algorithms"].value = ()
-    panel.on_run()
-    assert panel.error is not None and "algorithms must be a non-empty selection" in panel.error

@@ -155,22 +155,3 @@ def test_fedvarp_run_equals_fedstale_with_beta_one(digits_data, skewed):
 def test_bad_inputs_name_the_parameter(make, message):
     with pytest.raises(ValueError, match=message):
         make()
-
-
-def test_panel_runs_the_beta_sweep_and_reports_bad_gaps():
-    from flbook.algorithms.fedstale import beta_sweep, panel_controls, plot_beta_sweep, staleness_gain
-    from flbook.widgets import control_panel
-
-    panel = control_panel(run=beta_sweep, plot=plot_beta_sweep,
-                          controls=panel_controls(dataset="digits", model="logistic", n_clients=6, rounds=10))
-    panel.controls["betas"].value = (0.0, 1.0)
-    panel.controls["seeds"].value = 2
-    panel.on_run()
-    assert panel.error is None and panel.figure is not None
-    assert set(panel.history["algorithm"]) == {"FedAvg (β=0)", "FedVARP (β=1)"}
-    gain = staleness_gain(panel.history)
-    assert len(gain) == 4 and (gain.loc[gain["beta"] == 0, "vs_fedavg"] == 0).all()
-    assert (gain["gap"] == 0.9).all() and set(gain["seed"]) == {0, 1}
-    panel.controls["participation"].value = 0.3  # 0.3 +- 0.45 leaves (0, 1]
-    panel.on_run()
-    assert panel.history is None and "gap must be" in panel.error

@@ -5,8 +5,8 @@ import torch
 
 from conftest import equal_parts
 from flbook import Federation
-from flbook.channel.compression import CompressedChannel, compare_channels, decode_update, encode_update, fedzip
-from flbook.channel.widgets import bytes_figure, fedzip_controls, fedzip_run, fedzip_runs
+from flbook.channel.compression import CompressedChannel, decode_update, encode_update, fedzip
+from flbook.chapters.ch30_fedzip import runs as fedzip_runs
 from flbook.models import mlp
 
 
@@ -65,20 +65,9 @@ def test_fedzip_over_fedavg_saves_an_order_of_magnitude_of_uplink_bytes(digits_d
     parts = equal_parts(len(digits_data.y_train), n_clients=5, per_client=100)
     model = mlp(64, 10, hidden=(32,))
     fed = Federation(digits_data, parts, model, local_steps=5, lr=0.2, seed=1, executor="loop")
-    history = compare_channels(fed, fedzip_runs(0.1, 3, "huffman", model), 8, progress=False)
+    history = fed.compare(fedzip_runs(0.1, 3, "huffman", model), 8, progress=False)
     last = history.groupby("algorithm", sort=False).last()
     plain, zipped = last.loc["FedAvg"], last.loc["FedAvg + FEDZIP(z=0.1, k=3)"]
     assert plain.bytes_up / zipped.bytes_up > 10
     assert plain.bytes_down == zipped.bytes_down  # the broadcast stays uncompressed, as in the paper
     assert zipped.test_acc > 0.5 and zipped.test_acc > plain.test_acc - 0.25
-
-
-def test_fedzip_panel_runs_the_four_pipelines():
-    controls = fedzip_controls(z=0.05, clusters=4, encoder="gap")
-    values = {"dataset": "digits", "model": "mlp", "n_clients": 3, "rounds": 1,
-              **{key: control.value for key, control in controls.items()}}
-    history = fedzip_run(progress=False)(values)
-    assert list(pd.unique(history.algorithm)) == [
-        "FedAvg", "FedAvg + top-k(0.05)", "FedAvg + k-means(4)", "FedAvg + FEDZIP(z=0.05, k=4, gap)"]
-    figure = bytes_figure(history)
-    assert figure.axes[1].get_xscale() == "log"

@@ -9,7 +9,7 @@ from conftest import equal_parts
 from flbook import Federation
 from flbook.algorithms import FedAvg
 from flbook.algorithms.base import LocalContext
-from flbook.channel import ARRIVED, Channel, NoisyChannel, channel_from, delivered, noise_controls
+from flbook.channel import ARRIVED, Channel, NoisyChannel, delivered
 from flbook.executors import BatchedExecutor, Cohort, LoopExecutor
 
 
@@ -138,17 +138,3 @@ def test_base_channel_sets_the_bits_and_sees_the_senders():
 def test_bad_arguments_name_the_parameter(kwargs, message):
     with pytest.raises(ValueError, match=message):
         NoisyChannel(**kwargs)
-
-
-def test_noise_controls_build_the_channel():
-    controls = noise_controls()
-    assert set(controls) == {"snr_db", "drop_prob", "links"}
-    values = lambda: {k: w.value for k, w in controls.items()}  # noqa: E731
-    assert type(channel_from(values())) is Channel
-    controls["snr_db"].value, controls["links"].value = 20.0, "both"
-    channel = channel_from(values())
-    assert isinstance(channel, NoisyChannel)
-    assert (channel.snr_db, channel.drop_prob, channel.links) == (20.0, 0.0, "both")
-    controls["snr_db"].value, controls["drop_prob"].value = math.inf, 0.25
-    assert channel_from(values()).drop_prob == 0.25
-    assert noise_controls(snr_db=12.0)["snr_db"].value == 12.0  # a default outside the preset steps is added

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from flbook.participation import (Bernoulli, Uniform, data_correlated, participation_controls, participation_from,
+from flbook.participation import (Bernoulli, Uniform, data_correlated,
                                   two_groups)
 
 
@@ -60,16 +60,6 @@ def test_two_groups_splits_frequent_and_rare_halves():
 def test_data_correlated_clients_with_the_class_report_rarely():
     model = data_correlated([0.0, 0.5, 1.0], rate=0.8, strength=0.75)
     np.testing.assert_allclose(model.p, [0.8, 0.5, 0.2])
-
-
-def test_controls_describe_two_groups():
-    controls = participation_controls(rate=0.3, gap=0.2)
-    assert set(controls) == {"participation", "participation_gap"}
-    controls["participation"].value = 0.55
-    controls["participation_gap"].value = 0.9
-    values = {key: c.value for key, c in controls.items()} | {"n_clients": 4}
-    assert participation_from(values) == two_groups(4, 0.55, 0.9)
-    assert participation_from({"participation": 0.5, "n_clients": 2}).p == (0.5, 0.5)  # no gap control: homogeneous
 
 
 @pytest.mark.parametrize("make, message", [

@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 from flbook import DivergenceError, plots, widgets  # noqa: E402
 from flbook.algorithms import FedProx  # noqa: E402
 from flbook.partition import dirichlet  # noqa: E402
+from flbook.widgets.controls import PARTITION_PARAMETER  # noqa: E402
 
 TINY = {"model": "logistic", "n_clients": 5, "rounds": 2, "local_steps": 2}
 
@@ -41,7 +42,7 @@ def test_only_the_chosen_partitioners_parameter_is_visible():
     controls = widgets.standard_controls()
 
     def visible():
-        return [key for key in widgets.PARTITION_PARAMETER.values() if controls[key].layout.display != "none"]
+        return [key for key in PARTITION_PARAMETER.values() if controls[key].layout.display != "none"]
 
     assert visible() == ["alpha"]
     controls["partitioner"].value = "pathological"
@@ -139,3 +140,59 @@ def test_baselines_take_their_hyperparameters_from_the_values():
     assert built["FedAdam"].server_lr == pytest.approx(0.01)
     with pytest.raises(ValueError, match="defaults must be among"):
         widgets.baseline_controls(beta=0.1)
+
+
+# ------------------------------------------------------------------------- participation, noise, compression
+def test_participation_controls_describe_two_groups():
+    from flbook.participation import two_groups
+
+    controls = widgets.participation_controls(rate=0.3, gap=0.2)
+    assert set(controls) == {"participation", "participation_gap"}
+    controls["participation"].value = 0.55
+    controls["participation_gap"].value = 0.9
+    values = {key: c.value for key, c in controls.items()} | {"n_clients": 4}
+    assert widgets.participation_from(values) == two_groups(4, 0.55, 0.9)
+    assert widgets.participation_from({"participation": 0.5, "n_clients": 2}).p == (0.5, 0.5)  # homogeneous
+
+
+def test_noise_controls_build_the_channel():
+    import math
+
+    from flbook.channel import Channel, NoisyChannel
+
+    controls = widgets.noise_controls()
+    assert set(controls) == {"snr_db", "drop_prob", "links"}
+    values = lambda: {k: w.value for k, w in controls.items()}  # noqa: E731
+    assert type(widgets.channel_from(values())) is Channel
+    controls["snr_db"].value, controls["links"].value = 20.0, "both"
+    channel = widgets.channel_from(values())
+    assert isinstance(channel, NoisyChannel)
+    assert (channel.snr_db, channel.drop_prob, channel.links) == (20.0, 0.0, "both")
+    controls["snr_db"].value, controls["drop_prob"].value = math.inf, 0.25
+    assert widgets.channel_from(values()).drop_prob == 0.25
+    assert widgets.noise_controls(snr_db=12.0)["snr_db"].value == 12.0  # a default outside the preset steps is added
+
+
+def test_compression_controls_follow_the_method():
+    from flbook.channel.compression import layers_of
+    from flbook.models import mlp
+
+    controls = widgets.compression_controls("top-k")
+    assert controls["level"].value == 0.1 and controls["level"].description == "fraction kept"
+    controls["compression"].value = "uniform"
+    assert controls["level"].value == 8 and 4 in controls["level"].options
+    assert str(widgets.compressor_from({k: c.value for k, c in controls.items()})) == "uniform(8 bits)"
+    controls["compression"].value = "none"
+    assert controls["level"].disabled and widgets.compressor_from({"compression": "none", "level": None}).lossless
+    with pytest.raises(ValueError, match="level must be one of"):
+        widgets.compression_controls("qsgd", level=3)
+    model = mlp(64, 10, hidden=(4,))
+    channel = widgets.compression_channel_from({"compression": "k-means", "level": 4, "error_feedback": True}, model)
+    assert str(channel.up) == "k-means(4)" and channel.layers == layers_of(model) and channel.error_feedback
+
+
+def test_every_control_has_its_own_layout():
+    controls = {**widgets.standard_controls(), **widgets.baseline_controls(), **widgets.noise_controls(),
+                **widgets.compression_controls()}
+    layouts = [id(control.layout) for control in controls.values()]
+    assert len(set(layouts)) == len(layouts)  # hiding one control must not hide another

@@ -26,9 +26,6 @@ How this maps onto the federation (documented choices):
   chapter's experiment gives every client the same number of samples (`equal_dirichlet`), so that FedAMD
   and FedAvg minimize the same objective.
 
-The rest of the module is the chapter's experiment: `compare_run` (FedAvg, SCAFFOLD and FedAMD over a few
-seeds), `plot_runs` and `panel_controls` for its control panel.
-
 Paper: Wu, Guo, Qu, He, Liu, Gao, "Anchor Sampling for Federated Learning with Partial Client
 Participation", ICML 2023, https://arxiv.org/abs/2206.05891 (Alg. 1; code github.com/HarliWu/FedAMD,
 `algo/fedamd.py`).
@@ -36,24 +33,16 @@ Participation", ICML 2023, https://arxiv.org/abs/2206.05891 (Alg. 1; code github
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..data import load
 from ..runtime import cpu_threads
-from ..partition import inner_dirichlet
 from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
-from .fedavg import FedAvg
-from .scaffold import Scaffold
 
 if TYPE_CHECKING:
-    import ipywidgets as W
-    from matplotlib.figure import Figure
-
     from ..federation import Federation
 
 
@@ -120,74 +109,3 @@ def anchor_table(fed: Federation, theta: torch.Tensor | None = None) -> torch.Te
     shards = (torch.as_tensor(ids, device=fed.device) for ids in fed.partition)
     with cpu_threads(fed.thread_count()):  # the federation's thread count: one for small models on a CPU
         return torch.stack([ctx.grad(theta, fed.x_train[ids], fed.y_train[ids]) for ids in shards])
-
-
-# ------------------------------------------------------------------------------------- the chapter's experiment
-def equal_dirichlet(labels: torch.Tensor | np.ndarray, n_clients: int, alpha: float, seed: int = 0) -> list[np.ndarray]:
-    """Dirichlet(alpha) label mixes on equal shards of len(labels) // n_clients samples (the remainder is left out).
-
-    With equal shards FedAMD's plain means over clients weigh them as FedAvg's size weights do."""
-    shard = len(labels) // n_clients
-    return inner_dirichlet(labels[: shard * n_clients], [shard] * n_clients, alpha, seed=seed)
-
-
-def compare_run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
-    """FedAvg, SCAFFOLD and FedAMD on equal Dirichlet shards for values["seeds"] seeds: the panel's `run`.
-
-    Keys: dataset, model, n_clients, alpha, participation (fraction per round), local_steps, batch_size, lr,
-    rounds, seed, seeds, anchor_probability, warm_start (FedAMD's table at x^0, as the paper), algorithms."""
-    from ..federation import Federation  # imported here: the federation imports the algorithms package
-
-    dataset, rounds, first = load(str(values["dataset"])), int(values["rounds"]), int(values.get("seed", 0))
-    chosen = tuple(values.get("algorithms", ("FedAvg", "SCAFFOLD", "FedAMD")))
-    runs = []
-    for seed in range(first, first + int(values.get("seeds", 1))):
-        parts = equal_dirichlet(dataset.y_train, int(values["n_clients"]), float(values["alpha"]), seed=seed)
-        fed = Federation(dataset, parts, str(values["model"]), local_steps=int(values["local_steps"]),
-                         batch_size=int(values.get("batch_size", 32)), lr=float(values["lr"]),
-                         participation=float(values["participation"]), seed=seed)
-        table = anchor_table(fed) if values.get("warm_start", True) else None
-        algorithms = {"FedAvg": FedAvg(), "SCAFFOLD": Scaffold(),
-                      "FedAMD": FedAMD(float(values.get("anchor_probability", 0.2)), seed=seed, initial_table=table)}
-        unknown = [name for name in chosen if name not in algorithms]
-        if not chosen or unknown:
-            raise ValueError(f"algorithms must be a non-empty selection of {list(algorithms)}, got {list(chosen)}")
-        history = fed.compare({name: algorithms[name] for name in chosen}, rounds, progress=progress,
-                              on_divergence="stop")
-        runs.append(history.assign(seed=seed))
-    return pd.concat(runs, ignore_index=True)
-
-
-def plot_runs(history: pd.DataFrame) -> Figure:
-    """Test loss (left) and accuracy (right) per round: mean over seeds, shaded from worst to best seed."""
-    import matplotlib.pyplot as plt  # plotting libraries load only when a figure is drawn
-    import seaborn as sns
-
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.5), layout="constrained")
-    for ax, y, label in zip(axes, ("test_loss", "test_acc"), ("test loss", "test accuracy")):
-        # the band spans the seeds (a bootstrap interval of two seeds would say little and costs seconds)
-        sns.lineplot(data=history, x="round", y=y, hue="algorithm", errorbar=("pi", 100), ax=ax)
-        ax.set(ylabel=label)
-    axes[0].legend(fontsize="small", title=None)
-    axes[1].get_legend().remove()
-    return fig
-
-
-def panel_controls(**defaults: object) -> dict[str, W.Widget]:
-    """The chapter's panel: the federation's knobs (equal Dirichlet shards), anchor probability, warm start, seeds."""
-    import ipywidgets as W  # imported here so that the algorithm does not load the widget library
-
-    from ..widgets import standard_controls
-
-    names = ("FedAvg", "SCAFFOLD", "FedAMD")
-    own = {"batch_size": 14, "anchor_probability": 0.2, "warm_start": True, "seeds": 2}
-    own.update((key, defaults.pop(key)) for key in list(own) if key in defaults)
-    controls = {key: widget for key, widget in standard_controls(algorithm_options=names, **defaults).items()
-                if key not in ("partitioner", "classes_per_client", "shards_per_client", "sigma")}
-    common = {"style": {"description_width": "110px"}, "layout": W.Layout(width="auto")}
-    return {**controls,
-            "batch_size": W.IntSlider(value=own["batch_size"], min=1, max=128, description="batch size", **common),
-            "anchor_probability": W.FloatSlider(value=own["anchor_probability"], min=0.0, max=1.0, step=0.05,
-                                                description="anchor prob. p", **common),
-            "warm_start": W.Checkbox(value=own["warm_start"], description="anchor table at x⁰ (paper)", **common),
-            "seeds": W.IntSlider(value=own["seeds"], min=1, max=5, description="seeds", **common)}

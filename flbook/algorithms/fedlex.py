@@ -28,13 +28,10 @@ import pandas as pd
 import torch
 
 from ..runtime import cpu_threads
-from ..executors import Cohort
 from .base import Batches, LocalContext, Tensors
 from .fedavg import FedAvg
 
 if TYPE_CHECKING:
-    import ipywidgets as W
-
     from ..federation import Federation
 
 
@@ -130,62 +127,11 @@ def explore(federation: Federation, epochs: float = 10, data_fraction: float = 1
     explorers = np.sort(rng.choice(n_clients, max(1, round(explorer_fraction * n_clients)), replace=False))
     index, steps = exploration_batches(federation, explorers, epochs, data_fraction, rng)
     local = FedAvg()  # an explorer's training is plain local SGD from theta_base
-    ctx = LocalContext(federation.model, federation.lr, federation.weight_decay, local.loss)
     base = federation.initial_model()  # theta_base = x^0, shared with every method run on this federation
-    cohort = Cohort(federation.x_train, federation.y_train, index, steps)
     with cpu_threads(federation.thread_count()):
-        messages, _ = federation.executor_for(local)(local, {"x": base}, {}, cohort, ctx)
+        messages, _ = federation.train_cohort(local, {"x": base}, index, steps)
     deviation = messages["delta"].square().mean(0)  # D = mean_k (theta_k - theta_base)^2   (E, P) -> (P,)
     model_bytes = base.numel() * base.element_size()
     return Exploration(guidance=guidance_matrix(deviation, federation.model.numels), deviation=deviation,
                        explorers=explorers, steps=steps.cpu().numpy(), bytes_up=len(explorers) * model_bytes,
                        bytes_down=(len(explorers) + n_clients) * model_bytes)
-
-
-# ------------------------------------------------------------------------------ the chapter's control panel
-PANEL_ALGORITHMS = ("FedAvg", "FedProx", "SCAFFOLD", "FedLEx")
-PANEL_DEFAULTS: dict[str, object] = {"model": "logistic", "partitioner": "pathological", "classes_per_client": 2,
-                                     "n_clients": 10, "participation": 0.3, "local_steps": 20, "lr": 0.1, "rounds": 40,
-                                     "algorithms": PANEL_ALGORITHMS}
-EXPLORATION_KEYS = {"explore_epochs": "epochs", "data_fraction": "data_fraction",
-                    "explorer_fraction": "explorer_fraction"}  # panel key -> explore() argument
-
-
-def panel_controls(**defaults: object) -> dict[str, W.Widget]:
-    """The chapter's controls: the federation's (`standard_controls`), FedProx's mu and the exploration budget."""
-    import ipywidgets as W
-
-    from ..widgets import baseline_controls, standard_controls  # imported here: widgets imports this package
-
-    controls = standard_controls(algorithm_options=PANEL_ALGORITHMS, **{**PANEL_DEFAULTS, **defaults})
-    controls["mu"] = baseline_controls(mu=0.1)["mu"]
-    style = {"style": {"description_width": "110px"}, "layout": W.Layout(width="auto")}
-    controls.update({
-        "explore_epochs": W.IntSlider(value=10, min=1, max=100, description="explore epochs", **style),
-        "data_fraction": W.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="explore data", **style),
-        "explorer_fraction": W.FloatSlider(value=1.0, min=0.1, max=1.0, step=0.1, description="explorers", **style),
-    })
-    return controls
-
-
-def panel_run(values: dict, progress: bool = True) -> pd.DataFrame:
-    """The panel's Run: explore with the panel's budget if FedLEx is selected, then train the selected algorithms.
-
-    FedLEx's rows include the exploration's bytes (`Exploration.charge`)."""
-    from ..widgets import baselines_from, federation_from  # imported here: widgets imports this package
-
-    chosen = tuple(values.get("algorithms", PANEL_ALGORITHMS))
-    if not chosen or any(name not in PANEL_ALGORITHMS for name in chosen):
-        raise ValueError(f"algorithms must be a non-empty selection of {list(PANEL_ALGORITHMS)}, got {list(chosen)}")
-    fed = federation_from(values)
-    rounds = int(values.get("rounds", PANEL_DEFAULTS["rounds"]))
-    settings = {"progress": progress, "on_divergence": "stop"}
-    histories = []
-    for name in chosen:
-        if name == "FedLEx":
-            exploration = explore(fed, **{arg: values[key] for key, arg in EXPLORATION_KEYS.items() if key in values})
-            history = fed.run(FedLEx(guidance=exploration.guidance), rounds, label=name, **settings)
-            histories.append(exploration.charge(history))
-        else:
-            histories.append(fed.run(baselines_from(values)[name], rounds, label=name, **settings))
-    return pd.concat(histories, ignore_index=True)

@@ -20,15 +20,10 @@ Choices where the paper text could not be checked (UNCONFIRMED in the card):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
-
-if TYPE_CHECKING:
-    import ipywidgets as W
-    import pandas as pd
 
 SERVER_RULES = ("simulator", "paper")
 
@@ -94,42 +89,3 @@ class FedSpeed(Algorithm):
         share = (info.client_sizes[info.clients] / info.client_sizes.sum()).to(x.dtype)  # (M,) p_i = n_i / n
         h_bar = server_state["h_bar"] + share @ messages["delta"]  # h_i += x_{i,K} - x^t for the round's clients
         return averaged + h_bar, {"h_bar": h_bar}  # x^{t+1} = avg_S x_{i,K} + avg_all h_i
-
-
-# ------------------------------------------------------------------------------ the chapter's control panel
-PANEL_ALGORITHMS = ("FedAvg", "FedProx", "SCAFFOLD", "FedSpeed")
-PANEL_DEFAULTS: dict[str, object] = {"model": "logistic", "alpha": 0.1, "n_clients": 20, "participation": 0.5,
-                                     "local_steps": 20, "lr": 0.1, "rounds": 30, "algorithms": PANEL_ALGORITHMS}
-PANEL_KEYS = {"fedspeed_mu": "mu", "fedspeed_rho": "rho", "fedspeed_alpha": "alpha",
-              "fedspeed_server": "server"}  # panel key -> FedSpeed field
-
-
-def panel_controls(**defaults: object) -> dict[str, W.Widget]:
-    """The chapter's controls: the federation's (`standard_controls`), FedProx's mu, and FedSpeed's own knobs."""
-    import ipywidgets as W
-
-    from ..widgets import baseline_controls, standard_controls  # imported here: widgets imports this package
-
-    controls = standard_controls(algorithm_options=PANEL_ALGORITHMS, **{**PANEL_DEFAULTS, **defaults})
-    controls["mu"] = baseline_controls(mu=0.1)["mu"]
-    style = {"style": {"description_width": "110px"}, "layout": W.Layout(width="auto")}
-    controls.update({
-        "fedspeed_mu": W.FloatLogSlider(value=FedSpeed.mu, base=10, min=-3, max=0, step=0.25, readout_format=".3g",
-                                        description="FedSpeed 1/lambda", **style),
-        "fedspeed_rho": W.FloatSlider(value=FedSpeed.rho, min=0.0, max=1.0, step=0.05, description="FedSpeed rho",
-                                      **style),
-        "fedspeed_alpha": W.FloatSlider(value=FedSpeed.alpha, min=0.0, max=1.0, step=0.05,
-                                        description="FedSpeed alpha", **style),
-        "fedspeed_server": W.Dropdown(options=SERVER_RULES, value=FedSpeed.server, description="FedSpeed server",
-                                      **style),
-    })
-    return controls
-
-
-def panel_run(values: dict, progress: bool = True) -> pd.DataFrame:
-    """The panel's Run: the selected algorithms on the federation the values describe (FedSpeed with its knobs)."""
-    from ..widgets import baselines_from, compare_run  # imported here: widgets imports this package
-
-    speed = FedSpeed(**{name: values[key] for key, name in PANEL_KEYS.items() if key in values})
-    table = {name: algo for name, algo in baselines_from(values).items() if name in PANEL_ALGORITHMS}
-    return compare_run({**table, "FedSpeed": speed}, progress=progress)(values)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,12 +29,8 @@ import torch
 
 from ..runtime import cpu_threads
 from ..models import FlatModel
-from . import Channel, Tensors, tensor_bits
+from .base import Channel, Tensors, tensor_bits
 from .huffman import LENGTH_BITS, RICE_BITS, BitReader, BitWriter, code_lengths, huffman_bits, rice_parameter
-
-if TYPE_CHECKING:  # the federation imports this package, so these are for annotations only
-    from ..algorithms.base import Algorithm
-    from ..federation import Federation
 
 FLOAT_BITS = 32
 COUNT_BITS = 32
@@ -631,24 +627,6 @@ def decode_update(compressor: Compressor, payload: bytes, layers: Layers) -> tor
     return update
 
 
-def compare_channels(federation: Federation, runs: Mapping[str, tuple[Algorithm, Channel]], rounds: int,
-                     **run_kwargs) -> pd.DataFrame:
-    """Run each labelled (algorithm, channel) pair on one federation (same clients and batches); one history.
-
-    The federation's own channel is restored afterwards."""
-    own = federation.channel
-    histories = []
-    try:
-        for label, (algorithm, channel) in runs.items():
-            federation.channel = channel
-            if isinstance(channel, CompressedChannel):
-                channel.reset()
-            histories.append(federation.run(algorithm, rounds, label=label, **run_kwargs))
-    finally:
-        federation.channel = own
-    return pd.concat(histories, ignore_index=True)
-
-
 def wire_report(update: torch.Tensor, compressors: Sequence[Compressor], model: FlatModel) -> pd.DataFrame:
     """Each compressor on one client update (P,) for real: payload bytes, ratio to float32, exact round trip.
 
@@ -670,20 +648,3 @@ def _wire_row(update: torch.Tensor, compressor: Compressor, model: FlatModel) ->
     return {"compressor": str(compressor), "bytes": len(payload), "bits": bits,
             "ratio": 4 * update.numel() / len(payload), "nonzero": (delivered != 0).float().mean().item(),
             "round_trip": torch.equal(decoded, delivered[0].cpu())}
-
-
-def budget_table(history: pd.DataFrame, reference: str = "FedAvg", target: float | None = None,
-                 last: int = 5) -> pd.DataFrame:
-    """Per run: accuracy (mean of the `last` evaluations), uplink and total MB, uplink saving against
-    `reference`, and the uplink MB spent when test accuracy first reached `target` (NaN: never)."""
-    by = history.groupby("algorithm", sort=False)
-    table = pd.DataFrame({"accuracy": by.test_acc.apply(lambda acc: acc.tail(last).mean()),
-                          "MB up": by.bytes_up.last() / 1e6,
-                          "MB up+down": (by.bytes_up.last() + by.bytes_down.last()) / 1e6})
-    if reference in table.index:
-        table["x fewer bytes up"] = table.loc[reference, "MB up"] / table["MB up"]
-        table["accuracy cost"] = table.loc[reference, "accuracy"] - table["accuracy"]
-    if target is not None:
-        reached = history[history.test_acc >= target].groupby("algorithm", sort=False).bytes_up.min() / 1e6
-        table[f"MB up to {target:.0%}"] = reached.reindex(table.index)
-    return table

@@ -20,15 +20,11 @@ same clients as a lossless one, and the same seed gives the same noise.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import torch
 
-from . import ARRIVED, Channel, Tensors, delivered  # noqa: F401  (delivered: re-exported for readers of this module)
-
-if TYPE_CHECKING:
-    import ipywidgets as W
+from .base import ARRIVED, Channel, Tensors, delivered  # noqa: F401  (delivered: re-exported for readers of this module)
 
 LINKS = ("up", "down", "both")
 
@@ -108,29 +104,3 @@ class NoisyChannel(Channel):
 
     def __repr__(self) -> str:
         return f"NoisyChannel(snr_db={self.snr_db}, drop_prob={self.drop_prob}, links={self.links!r})"
-
-
-# --------------------------------------------------------------------------------------------- widgets
-SNR_OPTIONS = (math.inf, 40.0, 30.0, 20.0, 10.0, 5.0, 0.0)
-
-
-def noise_controls(snr_db: float = math.inf, drop_prob: float = 0.0, links: str = "up") -> dict[str, W.Widget]:
-    """Controls for a noisy link: "snr_db" (inf = no noise), "drop_prob" and "links"; `channel_from` reads them."""
-    import ipywidgets as W  # imported here so that the channel does not load the widget library
-
-    common = {"style": {"description_width": "110px"}, "layout": W.Layout(width="auto")}
-    snrs = sorted({*SNR_OPTIONS, float(snr_db)}, reverse=True)
-    return {
-        "snr_db": W.SelectionSlider(options=[("off" if s == math.inf else f"{s:g} dB", s) for s in snrs],
-                                    value=float(snr_db), description="link SNR", **common),
-        "drop_prob": W.FloatSlider(value=drop_prob, min=0.0, max=0.9, step=0.05, description="message loss",
-                                   **common),
-        "links": W.ToggleButtons(options=LINKS, value=links, description="noisy links", **common),
-    }
-
-
-def channel_from(values: Mapping[str, object], base: Channel | None = None) -> Channel:
-    """The channel that `noise_controls` values describe: `base` (lossless by default) when the link is clean."""
-    channel = NoisyChannel(float(values.get("snr_db", math.inf)), float(values.get("drop_prob", 0.0)),
-                           str(values.get("links", "up")), base)
-    return channel if channel.corrupts else channel.base

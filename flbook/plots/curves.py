@@ -66,3 +66,26 @@ def accuracy_figure(history: pd.DataFrame) -> Figure:
     accuracy_vs_bytes(history, ax=by_bytes)
     by_bytes.get_legend().remove()  # one legend, on the left
     return fig
+
+
+def budget_figure(history: pd.DataFrame) -> Figure:
+    """Test accuracy against the cumulative bytes sent up (left) and up plus down (right), on log axes."""
+    fig, (up, total) = plt.subplots(1, 2, figsize=(10.0, 3.5), sharey=True, layout="constrained")
+    trained = history[history["round"] > 0]
+    learning_curves(trained, x="bytes_up", ax=up)
+    learning_curves(trained.assign(bytes_total=trained.bytes_up + trained.bytes_down), x="bytes_total", ax=total)
+    for ax in (up, total):
+        ax.set_xscale("log")
+    up.get_legend().remove()  # one legend, where the curves leave room: bottom right
+    total.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def bytes_figure(history: pd.DataFrame) -> Figure:
+    """Test accuracy per round (left) and against the cumulative uplink bytes, on a log axis (right)."""
+    fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(10.0, 3.5), sharey=True, layout="constrained")
+    learning_curves(history, ax=by_round)
+    learning_curves(history[history["round"] > 0], x="bytes_up", ax=by_bytes)
+    by_bytes.set_xscale("log")
+    by_bytes.get_legend().remove()  # one legend, on the left
+    return fig

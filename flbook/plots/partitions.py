@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from flbook.partition.stats import counts_matrix, label_entropy, sizes
+from ..partition.stats import counts_matrix, label_entropy, sizes
 
 MAX_CLIENTS_SHOWN = 50  # bars and heatmaps show at most this many clients, and say so in the title
 MAX_CLASSES_IN_LEGEND = 20

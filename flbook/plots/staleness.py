@@ -8,7 +8,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from flbook.plots.curves import learning_curves
+from .curves import learning_curves
 
 
 def _axes(ax: Axes | None) -> Axes:

@@ -1,0 +1,98 @@
+"""Chapter 31: ADMM-based federated weighted least squares over noisy links, against FedAvg.
+
+`flbook.admm` simulates R Monte Carlo runs of every client in one tensor; this module runs the chapter's
+sweeps over noise levels (on both links, or on one) and draws the mean squared deviation (MSD) curves.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..admm import ADMMFL, FedAvgWLS, NoiseRobustADMM, WLSMethod, WLSProblem, simulate, wls_problem
+from ..plots import learning_curves
+from ..widgets import chosen, knob, selection
+
+METHODS = ("FedAvg", "ADMM-FL", "NR-ADMM", "NR-ADMM, no continual updates")
+NOISE_OPTIONS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+LINKS = ("both", "down", "up")  # which links carry the noise
+DEFAULTS: dict[str, object] = {"noise_std": 0.01, "links": "both", "participation": 0.3, "rho": 30.0,
+                               "heterogeneity": 0.5, "n_clients": 20, "iterations": 300, "runs": 10,
+                               "algorithms": METHODS, "seed": 0}
+
+
+def msd_curves(methods: Mapping[str, WLSMethod], problem: WLSProblem, iterations: int, noise_levels: Sequence[float],
+               *, links: str = "both", participation: float = 1.0, runs: int = 10, seed: int = 0) -> pd.DataFrame:
+    """MSD curves of several methods at several noise levels (std on the chosen links); one tidy row per point."""
+    if links not in LINKS:
+        raise ValueError(f"links must be one of {LINKS}, got {links!r}")
+    frames = []
+    for sigma in noise_levels:
+        stds = {"downlink_std": sigma if links != "up" else 0.0, "uplink_std": sigma if links != "down" else 0.0}
+        for label, method in methods.items():
+            curve = simulate(method, problem, iterations, participation=participation, runs=runs, seed=seed, **stds)
+            frames.append(pd.DataFrame({"algorithm": label, "noise_std": sigma, "participation": participation,
+                                        "iteration": np.arange(iterations + 1), "msd": curve.numpy()}))
+    history = pd.concat(frames, ignore_index=True)
+    return history.assign(msd_db=10 * np.log10(history["msd"]))
+
+
+def error_floors(history: pd.DataFrame, last: int = 100) -> pd.DataFrame:
+    """Steady-state MSD in dB: the mean MSD of the `last` iterations, one row per noise level, one column per method."""
+    tail = history[history["iteration"] > history["iteration"].max() - last]
+    floors = tail.groupby(["noise_std", "algorithm"], sort=False)["msd"].mean().unstack("algorithm")
+    return 10 * np.log10(floors)
+
+
+def methods_from(values: Mapping[str, object]) -> dict[str, WLSMethod]:
+    """The methods that control values select, with their rho / FedAvg settings."""
+    rho = float(values.get("rho", DEFAULTS["rho"]))
+    table = {"FedAvg": FedAvgWLS(float(values.get("fedavg_lr", 0.002)), int(values.get("local_steps", 5))),
+             "ADMM-FL": ADMMFL(rho), "NR-ADMM": NoiseRobustADMM(rho),
+             "NR-ADMM, no continual updates": NoiseRobustADMM(rho, continual=False)}
+    return {name: table[name] for name in chosen(values, METHODS)}
+
+
+def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
+    """The problem and methods the values describe, without noise and at the chosen noise on the chosen links."""
+    v = {**DEFAULTS, **values}
+    problem = wls_problem(n_clients=int(v["n_clients"]), heterogeneity=float(v["heterogeneity"]), seed=int(v["seed"]))
+    return msd_curves(methods_from(v), problem, int(v["iterations"]), sorted({0.0, float(v["noise_std"])}),
+                      links=str(v["links"]), participation=float(v["participation"]), runs=int(v["runs"]),
+                      seed=int(v["seed"]))
+
+
+def figure(history: pd.DataFrame) -> Figure:
+    """MSD (dB) against iterations, one panel per noise level, one line per method."""
+    levels = list(pd.unique(history["noise_std"]))
+    fig, axes = plt.subplots(1, len(levels), figsize=(3.6 * len(levels), 3.2), layout="constrained", squeeze=False)
+    for ax, sigma in zip(axes[0], levels):
+        learning_curves(history[history["noise_std"] == sigma], y="msd_db", x="iteration", ax=ax)
+        ax.set(title=f"noise std {sigma:g}", ylabel="MSD (dB)" if ax is axes[0][0] else None)
+        ax.set_ylim(bottom=max(ax.get_ylim()[0], -150))  # noiseless ADMM falls to float64 precision, -300 dB
+        ax.get_legend().remove()
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize="small")
+    return fig
+
+
+def controls(**overrides: object) -> dict:
+    """Link noise and which links carry it, scheduling probability, rho, heterogeneity, size, methods and seed.
+
+    The sliders stop where a run still takes seconds: 100 clients, 1000 iterations, 30 Monte Carlo runs."""
+    v = {**DEFAULTS, **overrides}
+    return {
+        "noise_std": knob("SelectionSlider", v["noise_std"], "link noise std",
+                          options=sorted({*NOISE_OPTIONS, v["noise_std"]})),
+        "links": knob("ToggleButtons", v["links"], "noisy links", options=LINKS),
+        "participation": knob("FloatSlider", v["participation"], "scheduling p", min=0.05, max=1.0, step=0.05),
+        "rho": knob("FloatLogSlider", v["rho"], "ADMM rho", base=10, min=0, max=2.5, step=0.1),
+        "heterogeneity": knob("FloatSlider", v["heterogeneity"], "heterogeneity", min=0.0, max=2.0, step=0.1),
+        "n_clients": knob("IntSlider", v["n_clients"], "clients", min=2, max=100),
+        "iterations": knob("IntSlider", v["iterations"], "iterations", min=50, max=1000, step=50),
+        "runs": knob("IntSlider", v["runs"], "runs (average)", min=1, max=30),
+        "algorithms": selection(METHODS, v["algorithms"], "methods"),
+        "seed": knob("IntText", v["seed"], "seed"),
+    }
