@@ -23,6 +23,9 @@ STAMP := $(VENV)/.flbook-installed
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 NOTEBOOKS := $(shell find notebooks -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*')
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+# Notebooks run in parallel, one per core (each notebook's cells stay in order on one worker), timed per notebook.
+NB_WORKERS ?= 2
+NB_PARALLEL := -n $(NB_WORKERS) --dist loadfile -p notebook_times
 
 .PHONY: help install lab test test-unit test-notebooks test-ui clean distclean
 
@@ -46,15 +49,17 @@ lab: install
 test: test-unit test-notebooks
 
 test-unit: install
-	$(BIN)/python -m pytest tests --ignore=tests/ui
+	$(BIN)/python -m pytest tests --ignore=tests/ui --durations=10
 
 # Without notebooks pytest would collect nothing and exit 5, so the step is skipped instead.
-# MPLBACKEND is cleared so the kernel keeps its inline backend and figures reach the outputs.
+# MPLBACKEND is cleared so the kernel keeps its inline backend and figures reach the outputs. The notebooks run on
+# the CPU (FLBOOK_DEVICE=cpu), so the outputs they check hold on a machine with a GPU too.
 test-notebooks: install
 ifeq ($(NOTEBOOKS),)
 	@echo "no notebooks to test"
 else
-	env -u MPLBACKEND PYTHONHASHSEED=0 $(BIN)/python -m pytest $(NBVAL) notebooks
+	env -u MPLBACKEND PYTHONHASHSEED=0 FLBOOK_DEVICE=cpu PYTHONPATH=tests \
+		$(BIN)/python -m pytest $(NBVAL) $(NB_PARALLEL) notebooks
 endif
 
 # What a reader sees: Playwright drives JupyterLab in Debian's Chromium (installed here when missing; no
