@@ -108,7 +108,8 @@ def per_seed_difference(history: pd.DataFrame, method: str, baseline: str,
     """summary(method's run) - summary(baseline's run) for each seed, indexed by seed (the pairing a verdict needs)."""
     for name in (method, baseline):
         if name not in set(history[by]):
-            raise ValueError(f"{by} {name!r} is not in the history (it has {', '.join(map(str, history[by].unique()))})")
+            have = ", ".join(map(str, history[by].unique()))
+            raise ValueError(f"{by} {name!r} is not in the history (it has {have})")
     values = {name: per_run(history[history[by] == name], summary, by=(seed,)) for name in (method, baseline)}
     if set(values[method].index) != set(values[baseline].index):
         raise ValueError(f"{method!r} and {baseline!r} were run on different seeds: "
