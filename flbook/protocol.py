@@ -165,9 +165,10 @@ def _run_key(config: RunConfig, fed: Federation, algorithm: Algorithm) -> tuple 
              fed.executor_choice if isinstance(fed.executor_choice, str) else _describe(fed.executor_choice)]
     if any(p is None for p in parts):
         return None
-    return (_data_key(fed.dataset), _partition_key(fed), *parts, fed.seed, fed.lr, fed.local_steps, fed.local_epochs,
-            fed.batch_size, fed.weight_decay, str(fed.device), fed.threads, config.rounds, config.eval_every,
-            config.label)
+    x0 = hashlib.blake2b(fed.initial_model().detach().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+    return (_data_key(fed.dataset), _partition_key(fed), x0, *parts, fed.seed, fed.lr, fed.local_steps,
+            fed.local_epochs, fed.batch_size, fed.weight_decay, str(fed.device), fed.threads, config.rounds,
+            config.eval_every)
 
 
 def run(config: RunConfig) -> pd.DataFrame:
@@ -175,7 +176,8 @@ def run(config: RunConfig) -> pd.DataFrame:
 
     The history gains the columns seed, lr and server_lr; a diverged run stops with a warning and keeps its
     rows (`attrs["diverged_at"]`). Runs are cached in this process, keyed by the built federation's full
-    configuration (data, partition, model, seed, step sizes, participation, channel) and the method's fields."""
+    configuration (data, partition, initial model, seed, step sizes, participation, channel) and the method's
+    fields; the label is not part of the key, so a control that equals a baseline reuses its run."""
     fed = config.make_federation(config.dataset, config.seed, config.lr)
     if fed.seed != config.seed or fed.lr != config.lr:
         raise ValueError(f"make_federation(dataset, seed={config.seed}, lr={config.lr}) built a federation with "
@@ -190,13 +192,15 @@ def run(config: RunConfig) -> pd.DataFrame:
         if key is not None:
             _CACHE[key] = history
     attrs = dict(history.attrs)
-    history = history.assign(seed=config.seed, lr=config.lr, server_lr=config.server_lr)  # a copy, not the cache's
+    history = history.assign(algorithm=config.label, seed=config.seed, lr=config.lr,  # a copy, not the cache's
+                             server_lr=config.server_lr)
     history.attrs = attrs
     return history
 
 
 def run_all(configs: Iterable[RunConfig]) -> list[pd.DataFrame]:
-    """`run` for each configuration in a loop; checks that the seed changes the partition of a task."""
+    """`run` for each configuration; seeds and grid points run in a loop for now. Checks that the seed changes
+    the partition of a task."""
     configs = list(configs)
     histories = [run(c) for c in configs]
     by_task: dict[tuple, dict[str, int]] = {}

@@ -91,6 +91,8 @@ def test_runs_are_cached_by_their_full_configuration(tiny, monkeypatch):
     assert len(calls) == 4  # local steps, a method's field and the seed are all part of the key
     same_run = run(RunConfig(data, make, lambda server_lr: FedAvg(server_lr=server_lr), 0, 0.1, 1.0, 2, "FedAvg"))
     assert len(calls) == 4 and list(same_run.server_lr.unique()) == [1.0]  # the run is shared, its labels are not
+    renamed = run(RunConfig(data, make, FedAvg, 0, 0.1, None, 2, "control"))
+    assert len(calls) == 4 and set(renamed.algorithm) == {"control"}
 
 
 def peaked(best_lr, best_server_lr=1.0):
