@@ -409,7 +409,7 @@ def claim_row(claim: str, paper: str, differences: Sequence[float] | pd.Series, 
               margin: float = 0.0, digits: int = 3, why: str = "") -> dict:
     """One row of a "paper vs this notebook" table: the claim, the paper's number, the measured per-seed
     difference as mean ± spread, and the verdict on it."""
-    target = {"greater": f" (needs > {margin:g})", "less": f" (needs < {-margin:g})",
+    target = {"greater": f" (needs > {margin:g})", "less": f" (needs < {0.0 - margin:g})",
               "within": f" (needs |d| <= {margin:g})"}.get(kind, "")
     return {"claim": claim, "paper": paper,
             "this notebook": mean_spread(differences, digits, signed=True) + target,

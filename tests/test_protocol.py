@@ -9,7 +9,7 @@ import torch
 from flbook import Federation
 from flbook.algorithms import FedAvg, Scaffold
 from flbook.data import Dataset
-from flbook.history import window_mean
+from flbook.history import per_seed_difference, window_mean
 from flbook.partition import dirichlet
 from flbook.protocol import (FAILS, HOLDS, INCONCLUSIVE, RunConfig, claim_row, claims_table, clear_cache, federations,
                              run, run_all, step_size_controls, tune, validation_split, verdict)
@@ -182,7 +182,6 @@ def test_scaffold_claim_holds_and_fails_once_its_correction_is_switched_off(digi
     methods = {"FedAvg": FedAvg, "SCAFFOLD": Scaffold, "SCAFFOLD without correction": WithoutCorrection}
     history = pd.concat(run_all(RunConfig(digits_data, make, factory, seed, 0.1, None, 10, name)
                                 for name, factory in methods.items() for seed in (0, 1, 2)))
-    from flbook.history import per_seed_difference
     lower_loss = lambda h: -window_mean(h, "test_loss", last=5).mean  # noqa: E731  (higher is better)
     assert verdict(per_seed_difference(history, "SCAFFOLD", "FedAvg", lower_loss)) == HOLDS
     assert verdict(per_seed_difference(history, "SCAFFOLD without correction", "FedAvg", lower_loss)) == FAILS
