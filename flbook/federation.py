@@ -62,6 +62,10 @@ class ClientStates:
             v[seen] = self.rows[k][slots[seen]]
         return out
 
+    def all_clients(self) -> Tensors:
+        """Every client's state (N, ...), for inspection: clients that never trained show the initial state."""
+        return self.get(torch.arange(len(self.slot), device=self.slot.device))
+
     def put(self, ids: torch.Tensor, states: Tensors) -> None:
         """Store the new states (M, ...) of clients `ids`, giving rows to first-time clients."""
         new = ids[self.slot[ids] < 0]

@@ -34,7 +34,13 @@ class FedAvgM(FedAvg):
 
 @dataclass
 class FedAdam(FedAvg):
-    """FedAdam (Reddi et al., Alg. 2): m <- b1 m + (1-b1) Delta; v <- b2 v + (1-b2) Delta^2; x <- x + eta m / (sqrt v + tau)."""
+    """FedAdam (Reddi et al., Alg. 2): m <- b1 m + (1-b1) Delta; v <- b2 v + (1-b2) Delta^2; x <- x + eta m / (sqrt v + tau).
+
+    As in Alg. 2: m_{-1} = 0, v_{-1} = tau^2 (the smallest start Alg. 2 allows) and no bias correction. The start
+    bounds the first step by eta (1-b1) |Delta| / ((1 + sqrt b2) tau), so coordinates with |Delta| below about tau
+    move in proportion to Delta; larger ones still move by about eta (1-b1) / sqrt(1-b2) sign(Delta), which is
+    eta sign(Delta) at the defaults. Delta is the size-weighted average sum_S p_i Delta_i of the book's objective,
+    where Alg. 2 takes the plain mean over S; with equal client sizes the two agree."""
 
     server_lr: float = 0.01
     beta1: float = 0.9
@@ -50,7 +56,7 @@ class FedAdam(FedAvg):
             raise ValueError(f"tau must be > 0, got {self.tau}")
 
     def init_server_state(self, x: torch.Tensor, n_clients: int) -> Tensors:
-        return {"m": torch.zeros_like(x), "v": torch.zeros_like(x)}
+        return {"m": torch.zeros_like(x), "v": torch.full_like(x, self.tau ** 2)}  # v_{-1} >= tau^2   (Alg. 2, input)
 
     def server_step(self, x: torch.Tensor, delta: torch.Tensor, server_state: Tensors) -> tuple[torch.Tensor, Tensors]:
         m = self.beta1 * server_state["m"] + (1 - self.beta1) * delta

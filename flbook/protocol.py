@@ -1,0 +1,422 @@
+"""The experiment protocol every chapter's claims rest on: seeds, fair step sizes, step-size controls, verdicts.
+
+- Seeds: a claim rests on at least 3 seeds; each seed changes the partition, the initial model and the sampling.
+- Fair step sizes: every method, baselines included, gets the same small grid over its local learning rate and,
+  where it has one, its server learning rate, scored on a validation split carved from the training data (never
+  the test set); a best value at the grid's edge extends the grid (a bounded number of times, recorded).
+- Controls: FedAvg with a tuned server learning rate and FedAvgM appear whenever a gain could be a step size.
+- Verdicts: per-seed differences say "holds", "does not hold" or "inconclusive" by one documented rule, and the
+  "paper vs this notebook" table is built from them.
+
+A chapter describes its task by one function `make_federation(dataset, seed, lr) -> Federation` and each method
+by a factory: `lambda server_lr: FedAvg(server_lr=server_lr)` when it has a server learning rate to tune,
+`lambda: FedProx(mu=0.01)` when it has none.
+
+    >>> methods = {"FedAvg": lambda: FedAvg(), "SCAFFOLD": lambda server_lr: Scaffold(server_lr=server_lr)}
+    >>> result = compare(load("digits"), make, methods, rounds=30)
+    >>> verdict(result.difference("SCAFFOLD", "FedAvg", lambda h: window_mean(h, last=10).mean))
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import math
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .algorithms import FedAvg, FedAvgM
+from .algorithms.base import Algorithm
+from .data import Dataset
+from .federation import Federation
+from .history import mean_spread, per_seed_difference, window_mean
+
+SEEDS: tuple[int, ...] = (0, 1, 2)  # the seeds a claim rests on
+MIN_SEEDS = 3  # fewer seeds than this make every verdict "inconclusive"
+LRS: tuple[float, ...] = (0.03, 0.1, 0.3)  # local learning rates tried for every method
+SERVER_LRS: tuple[float, ...] = (0.5, 1.0, 2.0)  # server learning rates tried for every method that has one
+HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+
+MakeFederation = Callable[[Dataset, int, float], Federation]
+Factory = Callable[..., Algorithm]
+
+
+# ------------------------------------------------------------------------------------------------ data splits
+def _held_out(groups: Sequence[np.ndarray], fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """round(fraction * size) random members of every group (one group keeps at least one member), sorted."""
+    picks = [rng.choice(g, size=min(int(fraction * len(g) + 0.5), len(g) - 1), replace=False) for g in groups]
+    return np.sort(np.concatenate(picks)).astype(np.int64)
+
+
+def validation_split(dataset: Dataset, fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(train, validation): both train on the same training samples minus a held-out `fraction` of them;
+    `train` evaluates on the test set, `validation` on the held-out training samples (so tuning never sees the
+    test set). Held out per class (per client when the dataset has natural clients, whose shards are remapped)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    labels = dataset.y_train.cpu().numpy()
+    natural = dataset.client_indices
+    groups = natural if natural is not None else [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    held = _held_out(groups, fraction, np.random.default_rng(seed))
+    keep = np.setdiff1d(np.arange(len(labels)), held)  # sorted, disjoint from `held`
+    clients = None
+    if natural is not None:
+        new_id = np.full(len(labels), -1, dtype=np.int64)
+        new_id[keep] = np.arange(len(keep))
+        clients = [new_id[np.setdiff1d(np.asarray(p, dtype=np.int64), held)] for p in natural]
+    keep_t, held_t = (torch.as_tensor(a, device=dataset.device) for a in (keep, held))
+    pool = dict(x_train=dataset.x_train[keep_t], y_train=dataset.y_train[keep_t], client_indices=clients)
+    train = dataclasses.replace(dataset, name=f"{dataset.name} (train)", **pool)
+    validation = dataclasses.replace(dataset, name=f"{dataset.name} (validation)", x_test=dataset.x_train[held_t],
+                                     y_test=dataset.y_train[held_t], **pool)
+    return train, validation
+
+
+# ------------------------------------------------------------------------------------------------------ seeds
+def _partition_key(fed: Federation) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for part in fed.partition:
+        digest.update(np.asarray(part, dtype=np.int64).tobytes() + b"|")
+    return digest.hexdigest()
+
+
+def _check_seeded(feds: Mapping[int, Federation], natural_clients: bool) -> None:
+    """Each seed must reach the Federation (initial model, sampling) and, unless clients are natural, the partition."""
+    for seed, fed in feds.items():
+        if fed.seed != seed:
+            raise ValueError(f"the federation for seed {seed} has seed={fed.seed}: build it with Federation(..., "
+                             f"seed=seed) so the seed changes the initial model and the sampling")
+    if natural_clients:
+        return
+    seen: dict[str, int] = {}
+    for seed, fed in feds.items():
+        other = seen.setdefault(_partition_key(fed), seed)
+        if other != seed:
+            raise ValueError(f"seeds {other} and {seed} give the same partition: pass the seed to the partitioner")
+
+
+def federations(make: Callable[[int], Federation], seeds: Sequence[int] = SEEDS) -> dict[int, Federation]:
+    """{seed: make(seed)}, checked: the seed must change the partition, the initial model and the sampling."""
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"seeds must be distinct, got {list(seeds)}")
+    feds = {seed: make(seed) for seed in seeds}
+    _check_seeded(feds, natural_clients=all(f.dataset.client_indices is not None for f in feds.values()))
+    return feds
+
+
+# ---------------------------------------------------------------------------------------- one run, and a cache
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: the task, the method and its step sizes, the seed and the length."""
+
+    dataset: Dataset
+    make_federation: MakeFederation
+    algorithm: Factory  # called with server_lr when that is not None, else with no argument
+    seed: int
+    lr: float
+    server_lr: float | None
+    rounds: int
+    label: str
+    eval_every: int = 1
+
+    def build(self) -> Algorithm:
+        return self.algorithm() if self.server_lr is None else self.algorithm(self.server_lr)
+
+
+_CACHE: dict[tuple, pd.DataFrame] = {}
+_DATA_KEYS: "weakref.WeakKeyDictionary[Dataset, tuple]" = weakref.WeakKeyDictionary()
+
+
+def clear_cache() -> None:
+    """Forget every cached run."""
+    _CACHE.clear()
+
+
+def _describe(obj) -> str | None:
+    """A full description of a configuration object, or None when its repr could hide a difference."""
+    if type(obj).__repr__ is object.__repr__:
+        return f"{type(obj).__qualname__}()" if not vars(obj) else None
+    text = f"{type(obj).__module__}.{type(obj).__qualname__}:{obj!r}"
+    return None if " at 0x" in text or "..." in text else text
+
+
+def _data_key(dataset: Dataset) -> tuple:
+    """A hash of the dataset's four tensors, remembered per dataset object (and refreshed after in-place edits)."""
+    tensors = (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test)
+    versions = tuple(t._version for t in tensors)
+    known = _DATA_KEYS.get(dataset)
+    if known is None or known[0] != versions:
+        digest = hashlib.blake2b(digest_size=16)
+        for t in tensors:
+            digest.update(str((t.dtype, tuple(t.shape))).encode() + t.detach().cpu().contiguous().numpy().tobytes())
+        known = _DATA_KEYS[dataset] = (versions, digest.hexdigest())
+    return known[1]
+
+
+def _run_key(config: RunConfig, fed: Federation, algorithm: Algorithm) -> tuple | None:
+    """Everything that decides a run's numbers, as built; None (no caching) when some part cannot be described."""
+    parts = [_describe(algorithm), _describe(fed.model), _describe(fed.participation), _describe(fed.channel),
+             fed.executor_choice if isinstance(fed.executor_choice, str) else _describe(fed.executor_choice)]
+    if any(p is None for p in parts):
+        return None
+    x0 = hashlib.blake2b(fed.initial_model().detach().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+    return (_data_key(fed.dataset), _partition_key(fed), x0, *parts, fed.seed, fed.lr, fed.local_steps,
+            fed.local_epochs, fed.batch_size, fed.weight_decay, str(fed.device), fed.threads, config.rounds,
+            config.eval_every)
+
+
+def run(config: RunConfig) -> pd.DataFrame:
+    """Train one configuration (or return its cached history); the one seam a batched runner can replace.
+
+    The history gains the columns seed, lr and server_lr; a diverged run stops with a warning and keeps its
+    rows (`attrs["diverged_at"]`). Runs are cached in this process, keyed by the built federation's full
+    configuration (data, partition, initial model, seed, step sizes, participation, channel) and the method's
+    fields; the label is not part of the key, so a control that equals a baseline reuses its run."""
+    fed = config.make_federation(config.dataset, config.seed, config.lr)
+    if fed.seed != config.seed or fed.lr != config.lr:
+        raise ValueError(f"make_federation(dataset, seed={config.seed}, lr={config.lr}) built a federation with "
+                         f"seed={fed.seed}, lr={fed.lr}: pass both to Federation(...)")
+    algorithm = config.build()
+    key = _run_key(config, fed, algorithm)
+    history = _CACHE.get(key) if key is not None else None
+    if history is None:
+        history = fed.run(algorithm, config.rounds, eval_every=config.eval_every, progress=False,
+                          on_divergence="stop", label=config.label)
+        history.attrs["partition"] = _partition_key(fed)
+        if key is not None:
+            _CACHE[key] = history
+    attrs = dict(history.attrs)
+    history = history.assign(algorithm=config.label, seed=config.seed, lr=config.lr,  # a copy, not the cache's
+                             server_lr=config.server_lr)
+    history.attrs = attrs
+    return history
+
+
+def run_all(configs: Iterable[RunConfig]) -> list[pd.DataFrame]:
+    """`run` for each configuration; seeds and grid points run in a loop for now. Checks that the seed changes
+    the partition of a task."""
+    configs = list(configs)
+    histories = [run(c) for c in configs]
+    by_task: dict[tuple, dict[str, int]] = {}
+    for c, h in zip(configs, histories):
+        if c.dataset.client_indices is not None:
+            continue
+        seen = by_task.setdefault((id(c.dataset), c.make_federation, c.lr), {})
+        other = seen.setdefault(h.attrs["partition"], c.seed)
+        if other != c.seed:
+            raise ValueError(f"seeds {other} and {c.seed} give the same partition: pass the seed to the partitioner")
+    return histories
+
+
+# ---------------------------------------------------------------------------------------------- fair tuning
+def takes_server_lr(algorithm: Factory) -> bool:
+    """Whether a method factory takes a server learning rate: a positional parameter without a default value.
+
+    `lambda server_lr: FedAvg(server_lr=server_lr)` does; `lambda: FedProx(mu=0.01)` and the class `FedAvg` don't."""
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+               for p in inspect.signature(algorithm).parameters.values())
+
+
+def default_score(history: pd.DataFrame) -> float:
+    """Validation accuracy averaged over the last fifth of the rounds (at least one); -inf for a diverged run."""
+    if history.attrs.get("diverged_at") is not None:
+        return -math.inf
+    return window_mean(history, "test_acc", last=max(1, int(history["round"].max()) // 5)).mean
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """The step sizes chosen for one method on the validation split, with every grid point's score."""
+
+    name: str
+    algorithm: Factory
+    lr: float
+    server_lr: float | None
+    scores: pd.DataFrame  # one row per grid point: lr, server_lr, score (mean over tuning seeds), diverged (seeds)
+    extended: tuple[str, ...] = ()  # grid extensions made because the best value sat at an edge
+    at_edge: tuple[str, ...] = ()  # axes whose best value is still at the edge after the allowed extensions
+
+    def build(self) -> Algorithm:
+        """The method at its chosen server learning rate."""
+        return self.algorithm() if self.server_lr is None else self.algorithm(self.server_lr)
+
+    def summary(self) -> dict:
+        """One row for a table of choices."""
+        return {"method": self.name, "lr": self.lr, "server_lr": self.server_lr,
+                "grid extended": "; ".join(self.extended) or "no", "still at edge": ", ".join(self.at_edge) or "no"}
+
+
+def _best(scores: pd.DataFrame, grid: Mapping[str, list]) -> pd.Series:
+    """The best grid point; among ties one off the edges, then the smallest step; the smallest if all diverged."""
+    table = scores.assign(edge=sum(scores[a].isin([v[0], v[-1]]) for a, v in grid.items() if len(v) > 1))
+    top = table[table.score == table.score.max()] if np.isfinite(table.score.max()) else table
+    order = ["edge", "lr", "server_lr"] if np.isfinite(table.score.max()) else ["lr", "server_lr"]
+    return top.sort_values(order).iloc[0]
+
+
+def tune(dataset: Dataset, make_federation: MakeFederation, algorithm: Factory, *, rounds: int,
+         lrs: Sequence[float] = LRS, server_lrs: Sequence[float] | None = SERVER_LRS, seeds: Sequence[int] = (0,),
+         fraction: float = 0.2, score: Callable[[pd.DataFrame], float] = default_score, max_extensions: int = 2,
+         name: str | None = None, eval_every: int = 1) -> Tuned:
+    """Choose a method's local (and server) learning rate on validation splits of the training data.
+
+    Every grid point runs on each tuning seed's `validation_split(dataset, fraction, seed)`; its score is the
+    mean of `score` over those seeds. While the best point sits at an edge of an axis with two or more values,
+    that axis grows by one geometric step beyond the edge, at most `max_extensions` times per axis; an axis
+    still at its edge afterwards is recorded in `at_edge` with a warning. The server grid applies only to
+    factories that take a server learning rate."""
+    if not lrs or (server_lrs is not None and not server_lrs):
+        raise ValueError("lrs and server_lrs must hold at least one value each (server_lrs may be None)")
+    if max_extensions < 0:
+        raise ValueError(f"max_extensions must be >= 0, got {max_extensions}")
+    name = name or str(algorithm(1.0) if takes_server_lr(algorithm) else algorithm())
+    grid = {"lr": sorted(set(lrs)),
+            "server_lr": sorted(set(server_lrs)) if server_lrs is not None and takes_server_lr(algorithm) else [None]}
+    splits = {seed: validation_split(dataset, fraction, seed)[1] for seed in seeds}
+    rows: dict[tuple, dict] = {}
+    extended, grown = [], {"lr": 0, "server_lr": 0}
+    while True:
+        todo = [(lr, s) for lr in grid["lr"] for s in grid["server_lr"] if (lr, s) not in rows]
+        configs = [RunConfig(splits[seed], make_federation, algorithm, seed, lr, s, rounds, name, eval_every)
+                   for lr, s in todo for seed in seeds]
+        histories = iter(run_all(configs))
+        for lr, s in todo:
+            runs = [next(histories) for _ in seeds]
+            rows[lr, s] = {"lr": lr, "server_lr": s, "score": float(np.mean([score(h) for h in runs])),
+                           "diverged": sum(h.attrs.get("diverged_at") is not None for h in runs)}
+        scores = pd.DataFrame(list(rows.values()))
+        best = _best(scores, grid)
+        at_edge, grew = [], False
+        for axis, values in grid.items():
+            if len(values) < 2 or best[axis] not in (values[0], values[-1]):
+                continue
+            if grown[axis] == max_extensions:
+                at_edge.append(axis)
+                continue
+            low = best[axis] == values[0]
+            new = values[0] ** 2 / values[1] if low else values[-1] ** 2 / values[-2]  # one geometric step further
+            values.insert(0 if low else len(values), new)
+            grown[axis] += 1
+            extended.append(f"{axis} {'down' if low else 'up'} to {new:.3g}")
+            grew = True
+        if not grew:
+            break
+    if at_edge:
+        warnings.warn(f"{name}: the best {' and '.join(at_edge)} is still at the edge of the grid after "
+                      f"{max_extensions} extensions; widen the grid", RuntimeWarning, stacklevel=2)
+    server_lr = None if pd.isna(best["server_lr"]) else float(best["server_lr"])
+    return Tuned(name, algorithm, float(best["lr"]), server_lr,
+                 scores.sort_values(["lr", "server_lr"], ignore_index=True), tuple(extended), tuple(at_edge))
+
+
+# ------------------------------------------------------------------------------------------ step-size controls
+def step_size_controls(momentum: float = 0.9) -> dict[str, Factory]:
+    """The controls for a gain that could be a step size: FedAvg with a server learning rate, and FedAvgM."""
+    return {"FedAvg (server lr)": lambda server_lr: FedAvg(server_lr=server_lr),
+            f"FedAvgM ({momentum:g})": lambda server_lr: FedAvgM(server_lr=server_lr, momentum=momentum)}
+
+
+def tuned_controls(dataset: Dataset, make_federation: MakeFederation, *, rounds: int, momentum: float = 0.9,
+                   **tune_kwargs) -> dict[str, Tuned]:
+    """`step_size_controls`, each tuned by `tune` on the same grid as the methods they control."""
+    return {name: tune(dataset, make_federation, factory, rounds=rounds, name=name, **tune_kwargs)
+            for name, factory in step_size_controls(momentum).items()}
+
+
+# ---------------------------------------------------------------------------------------------- comparisons
+@dataclass(frozen=True)
+class Comparison:
+    """Methods tuned on validation splits, then run at their chosen step sizes on every seed (test set)."""
+
+    history: pd.DataFrame  # all runs: one row per evaluation, with the columns algorithm, seed, lr, server_lr
+    tuned: dict[str, Tuned]
+
+    def difference(self, method: str, baseline: str, summary: Callable[[pd.DataFrame], float]) -> pd.Series:
+        """summary(method) - summary(baseline) per seed."""
+        return per_seed_difference(self.history, method, baseline, summary)
+
+    def choices(self) -> pd.DataFrame:
+        """The chosen step sizes of every method, with the grid extensions that were needed."""
+        return pd.DataFrame([t.summary() for t in self.tuned.values()]).set_index("method")
+
+
+def compare(dataset: Dataset, make_federation: MakeFederation, methods: Mapping[str, Factory], *, rounds: int,
+            seeds: Sequence[int] = SEEDS, lrs: Sequence[float] = LRS, server_lrs: Sequence[float] | None = SERVER_LRS,
+            grids: Mapping[str, Sequence[float]] | None = None, tune_rounds: int | None = None,
+            tune_seeds: Sequence[int] = (0,), controls: bool = True, momentum: float = 0.9,
+            fraction: float = 0.2, score: Callable[[pd.DataFrame], float] = default_score,
+            max_extensions: int = 2, eval_every: int = 1) -> Comparison:
+    """Tune every method (and, with controls=True, FedAvg with a server lr and FedAvgM) on the same grid, then run
+    each at its choice on every seed of `dataset` (full training set, test set).
+
+    `grids` gives a method a server grid of its own scale (FedAdam's eta ~ 0.01), to be kept the same size."""
+    if len(seeds) < MIN_SEEDS:
+        warnings.warn(f"{len(seeds)} seeds: every verdict will be inconclusive (a claim needs {MIN_SEEDS})",
+                      RuntimeWarning, stacklevel=2)
+    everything = dict(methods)
+    if controls:
+        everything.update({k: v for k, v in step_size_controls(momentum).items() if k not in everything})
+    unknown = set(grids or {}) - set(everything)
+    if unknown:
+        raise ValueError(f"grids names methods that are not compared: {sorted(unknown)}")
+    tuned = {name: tune(dataset, make_federation, factory, rounds=tune_rounds or rounds, lrs=lrs,
+                        server_lrs=(grids or {}).get(name, server_lrs), seeds=tune_seeds, fraction=fraction,
+                        score=score, max_extensions=max_extensions, name=name, eval_every=eval_every)
+             for name, factory in everything.items()}
+    configs = [RunConfig(dataset, make_federation, t.algorithm, seed, t.lr, t.server_lr, rounds, name, eval_every)
+               for name, t in tuned.items() for seed in seeds]
+    return Comparison(pd.concat(run_all(configs), ignore_index=True), tuned)
+
+
+# -------------------------------------------------------------------------------------------------- verdicts
+def verdict(differences: Sequence[float] | pd.Series, claim: str = "greater", margin: float = 0.0) -> str:
+    """"holds", "does not hold" or "inconclusive" for a claim about per-seed differences d = method - baseline.
+
+    claim="greater" (the method is better by more than `margin`): with e_i = d_i - margin, mean e and standard
+    deviation s (ddof=1) over the seeds, it holds when every e_i > 0 and mean e > s (the sign agrees on every seed
+    and the effect exceeds its spread); it does not hold when no e_i > 0, or when mean e <= -s; otherwise it is
+    inconclusive. claim="less" is the same for -d (e.g. rounds to a target, a loss). claim="within" (|d| <=
+    margin, e.g. "the matched-step runs end within 0.015") holds when every |d_i| <= margin and |mean d| + s <=
+    margin, does not hold when |mean d| - s > margin, else inconclusive. Fewer than MIN_SEEDS seeds, or any NaN
+    (a run that never reached a target), is inconclusive."""
+    if claim not in ("greater", "less", "within"):
+        raise ValueError(f"claim must be 'greater', 'less' or 'within', got {claim!r}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    d = np.asarray(differences, dtype=float)
+    if len(d) < MIN_SEEDS or not np.isfinite(d).all():
+        return INCONCLUSIVE
+    spread = d.std(ddof=1)
+    if claim == "within":
+        if (np.abs(d) <= margin).all() and abs(d.mean()) + spread <= margin:
+            return HOLDS
+        return FAILS if abs(d.mean()) - spread > margin else INCONCLUSIVE
+    effect = (d if claim == "greater" else -d) - margin
+    if (effect > 0).all() and effect.mean() > spread:
+        return HOLDS
+    if not (effect > 0).any() or effect.mean() <= -spread:
+        return FAILS
+    return INCONCLUSIVE
+
+
+def claim_row(claim: str, paper: str, differences: Sequence[float] | pd.Series, *, kind: str = "greater",
+              margin: float = 0.0, digits: int = 3, why: str = "") -> dict:
+    """One row of a "paper vs this notebook" table: the claim, the paper's number, the measured per-seed
+    difference as mean ± spread, and the verdict on it."""
+    target = {"greater": f" (needs > {margin:g})", "less": f" (needs < {0.0 - margin:g})",
+              "within": f" (needs |d| <= {margin:g})"}.get(kind, "")
+    return {"claim": claim, "paper": paper,
+            "this notebook": mean_spread(differences, digits, signed=True) + target,
+            "verdict": verdict(differences, kind, margin), "why": why}
+
+
+def claims_table(rows: Iterable[dict]) -> pd.DataFrame:
+    """The "paper vs this notebook" table from `claim_row`s."""
+    table = pd.DataFrame(list(rows), columns=["claim", "paper", "this notebook", "verdict", "why"])
+    return table if table["why"].astype(bool).any() else table.drop(columns="why")
