@@ -249,7 +249,7 @@ def test_plot_graph_draws_every_edge_and_colours_nodes():
     ax = P.plot_graph(graph, values=np.arange(12.0), label="distance")
     (edges,) = ax.collections[:1]
     assert len(graph.edges) == 24
-    assert len(edges.get_segments()) == 12 + 2 * 12  # 12 inner edges; 12 that wrap, drawn as two stubs each
+    assert len(edges.get_segments()) == 17 + 2 * 7  # 3*3 + 2*4 inner edges; 3 + 4 wrap around, two stubs each
     assert len(P.plot_graph(T.ring(9)).collections[0].get_segments()) == 9
     assert np.allclose(ax.collections[1].get_array(), np.arange(12.0))
     assert "torus(3x4)" in ax.get_title()
