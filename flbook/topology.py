@@ -306,8 +306,9 @@ def spectral_gap(W: torch.Tensor) -> float:
 
 # -------------------------------------------------------------------------------------------------- gossip
 def consensus_distance(X: torch.Tensor) -> float:
-    """(1/N) sum_i ||x_i - x_bar||^2 of the stacked node models X (N, P)."""
-    return (X - X.mean(0)).pow(2).sum(1).mean().item()
+    """(1/N) sum_i ||x_i - x_bar||^2 of the stacked node models X (N, P); exactly 0 when all models agree."""
+    D = X - X[0]  # (N, P), shifted by one node's model: the same distance, free of rounding in x_bar
+    return (D - D.mean(0)).pow(2).sum(1).mean().item()
 
 
 def restrict(W: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
