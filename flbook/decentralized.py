@@ -134,7 +134,8 @@ class Decentralized:
         steps = fed.steps_for(ids)
         cohort = Cohort(fed.x_train, fed.y_train, fed.sample_batches(ids, steps, state.generator), steps)
         rows = {k: v[ids] for k, v in state.client_state.items()}
-        messages, rows = executor(state.algorithm, {"x": state.X[ids]}, rows, cohort, ctx, down_per_client=True)
+        down = {"x": state.X if len(ids) == n else state.X[ids]}  # (M, P): each node starts from its own model
+        messages, rows = executor(state.algorithm, down, rows, cohort, ctx, down_per_client=True)
         if "delta" not in messages:
             raise ValueError(f"{state.algorithm.name}.client_update must return a message with 'delta' (the local "
                              f"update) to run on a network, got keys {sorted(messages)}")
@@ -165,9 +166,9 @@ class Decentralized:
         state.active = fed.n_clients
         executor = fed.executor_for(algorithm)
         ctx = LocalContext(fed.model, fed.lr, fed.weight_decay, algorithm.loss)
-        rows = [self._row(label, state, 0.0)]
-        start, diverged_at = time.perf_counter(), None
-        with cpu_threads(fed.thread_count()):
+        with cpu_threads(fed.thread_count()):  # evaluation too: 1000 node models, 2.3 ms each on one thread, 58 ms on two
+            rows = [self._row(label, state, 0.0)]
+            start, diverged_at = time.perf_counter(), None
             for t in tqdm(range(1, rounds + 1), desc=label, disable=not progress, leave=False):
                 self.train_round(state, executor, ctx)
                 if not torch.isfinite(state.X).all():
