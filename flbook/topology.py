@@ -55,8 +55,9 @@ class Graph:
         edges = np.asarray(self.edges, dtype=np.int64).reshape(-1, 2)
         if len(edges) and (edges.min() < 0 or edges.max() >= self.n):
             raise ValueError(f"edges must join nodes in [0, {self.n - 1}], got node {int(edges.max())}")
-        if (edges[:, 0] == edges[:, 1]).any():
-            raise ValueError(f"edges must join two different nodes, got a self-loop at node {int(edges[edges[:, 0] == edges[:, 1]][0, 0])}")
+        loops = edges[edges[:, 0] == edges[:, 1], 0]
+        if len(loops):
+            raise ValueError(f"edges must join two different nodes, got a self-loop at node {int(loops[0])}")
         object.__setattr__(self, "edges", np.unique(np.sort(edges, axis=1), axis=0))  # (E, 2), i < j
 
     @property
@@ -100,8 +101,8 @@ def torus(rows: int, cols: int | None = None) -> Graph:
     right = r * cols + (c + 1) % cols
     down = ((r + 1) % rows) * cols + c
     i = np.arange(rows * cols)
-    return Graph(f"torus({rows}x{cols})", rows * cols, np.concatenate([np.stack([i, right], 1), np.stack([i, down], 1)]),
-                 grid=(rows, cols))
+    edges = np.concatenate([np.stack([i, right], 1), np.stack([i, down], 1)])
+    return Graph(f"torus({rows}x{cols})", rows * cols, edges, grid=(rows, cols))
 
 
 def exponential(n: int) -> Graph:
@@ -209,7 +210,8 @@ def uniform_weights(graph: Graph, sizes: np.ndarray | torch.Tensor | None = None
     On the complete graph with sizes n_j, every row is FedAvg's p_j = n_j / n. Shape (N, N), float64."""
     s = np.ones(graph.n) if sizes is None else np.asarray(torch.as_tensor(sizes).cpu(), dtype=np.float64)
     if s.shape != (graph.n,) or not (s > 0).all():
-        raise ValueError(f"sizes must be {graph.n} positive numbers (one per node), got shape {s.shape}, min {s.min():g}")
+        raise ValueError(f"sizes must be {graph.n} positive numbers (one per node), got shape {s.shape}, "
+                         f"min {s.min():g}")
     W = graph.adjacency().toarray() + np.eye(graph.n)  # (N, N) closed neighbourhoods
     W *= s[None, :]
     return torch.from_numpy(W / W.sum(1, keepdims=True))
@@ -327,7 +329,8 @@ def gossip(X: torch.Tensor, W: torch.Tensor, steps: int = 1) -> torch.Tensor:
     CPU a sparse W goes through CSR (see CSR_MAX_FILL for the measured reason), otherwise a dense product."""
     _at_least("steps", steps, 0)
     if W.shape != (X.shape[0], X.shape[0]):
-        raise ValueError(f"W must have shape ({X.shape[0]}, {X.shape[0]}) for X of {X.shape[0]} nodes, got {tuple(W.shape)}")
+        n = X.shape[0]
+        raise ValueError(f"W must have shape ({n}, {n}) for X of {n} nodes, got {tuple(W.shape)}")
     W = W.to(dtype=X.dtype)
     if steps and (W == W[:1]).all():
         return (W[0].to(X.device) @ X).expand_as(X).clone()  # rank one: W^Q X = 1 (w^T X) for every Q >= 1

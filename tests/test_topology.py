@@ -65,7 +65,8 @@ def test_known_graph_shapes():
     assert len(T.complete(6).edges) == 15
     regular = T.random_regular(50, 4, seed=0)
     assert set(regular.degrees.tolist()) == {4} and len(regular.edges) == 100 and regular.is_connected()
-    assert set(T.random_regular(30, 2, seed=3).degrees.tolist()) == {2} and T.random_regular(30, 2, seed=3).is_connected()
+    cycle = T.random_regular(30, 2, seed=3)
+    assert set(cycle.degrees.tolist()) == {2} and cycle.is_connected()
 
 
 def test_random_graphs_are_reproducible_and_depend_on_the_seed():
@@ -77,10 +78,11 @@ def test_random_graphs_are_reproducible_and_depend_on_the_seed():
 
 @pytest.mark.parametrize("n, side", [(16, 4), (64, 8)])
 def test_spectral_gap_grows_from_ring_to_torus_to_exponential_to_complete(n, side):
-    gaps = [T.spectral_gap(T.metropolis_hastings(g)) for g in (T.ring(n), T.torus(side), T.exponential(n), T.complete(n))]
+    graphs = (T.ring(n), T.torus(side), T.exponential(n), T.complete(n))
+    gaps = [T.spectral_gap(T.metropolis_hastings(g)) for g in graphs]
     assert gaps == sorted(gaps) and len(set(gaps)) == 4
     assert gaps[-1] == pytest.approx(1.0)
-    # closed forms: ring lambda = 1/3 + 2/3 cos(2 pi / n); torus (MH weights 1/5) lambda = 1/5 + 2/5 (1 + cos(2 pi / side))
+    # closed forms: ring lambda = 1/3 + 2/3 cos(2 pi / n); torus (weights 1/5) lambda = 1/5 + 2/5 (1 + cos(2 pi / side))
     assert gaps[0] == pytest.approx(1 - (1 / 3 + 2 / 3 * np.cos(2 * np.pi / n)))
     assert gaps[1] == pytest.approx(1 - (0.2 + 0.4 * (1 + np.cos(2 * np.pi / side))))
 

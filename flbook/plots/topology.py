@@ -55,9 +55,9 @@ def plot_graph(graph: Graph, values: np.ndarray | torch.Tensor | None = None, ax
             raise ValueError(f"values must hold one number per node, shape ({graph.n},), got {values.shape}")
         points = ax.scatter(*pos.T, s=size, c=values, cmap="viridis", zorder=2)
         ax.figure.colorbar(points, ax=ax, shrink=0.8, label=label)
-    degrees = graph.degrees
-    ax.set(title=f"{graph.name}: degree {degrees.min()}" + (f"-{degrees.max()}" if degrees.max() > degrees.min() else ""),
-           xticks=[], yticks=[], aspect="equal")
+    low, high = graph.degrees.min(), graph.degrees.max()
+    ax.set(title=f"{graph.name}: degree {low}" + (f"-{high}" if high > low else ""), xticks=[], yticks=[],
+           aspect="equal")
     ax.margins(0.08)
     for side in ax.spines.values():
         side.set_visible(False)
