@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from flbook import Federation, make_model
+from flbook import DivergenceError, Federation, make_model
 from flbook import topology as T
 from flbook.algorithms import FedAvg
 from flbook.algorithms.base import Algorithm
@@ -171,3 +171,21 @@ def test_eval_nodes_picks_evenly_spaced_nodes(digits_data):
     fed = _fed(digits_data)
     net = Decentralized(fed, T.metropolis_hastings(T.ring(fed.n_clients)), eval_nodes=3)
     assert net.eval_ids.tolist() == [0, 4, 7]
+
+
+class _Exploding(FedAvg):
+    """Local updates that turn non-finite: what a too-large learning rate does."""
+
+    def client_update(self, down, client_state, batches, ctx):
+        message, state = super().client_update(down, client_state, batches, ctx)
+        return {"delta": message["delta"] * float("inf")}, state
+
+
+def test_divergence_is_reported_not_silent(digits_data):
+    fed = _fed(digits_data)
+    net = Decentralized(fed, T.metropolis_hastings(T.ring(fed.n_clients)))
+    with pytest.warns(RuntimeWarning, match="diverged at round 1"):
+        history = net.run(_Exploding(), rounds=5, progress=False, on_divergence="stop")
+    assert history.attrs["diverged_at"] == 1 and history["round"].tolist() == [0]
+    with pytest.raises(DivergenceError, match="lr=0.1"):
+        net.run(_Exploding(), rounds=5, progress=False)
