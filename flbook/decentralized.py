@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .algorithms.base import Algorithm, LocalContext, Tensors
-from .executors import BatchedExecutor, Cohort, LoopExecutor
+from .executors import BatchedExecutor, LoopExecutor
 from .federation import Federation, report_divergence
 from .participation import Participation, Uniform
 from .runtime import cpu_threads
@@ -122,7 +122,7 @@ class Decentralized:
         x = fed.initial_model()
         state = {k: v.expand(fed.n_clients, *v.shape).clone() for k, v in algorithm.init_client_state(x).items()}
         return NetworkState(algorithm, fed.executor_for(algorithm),
-                            LocalContext(fed.model, fed.lr, fed.weight_decay, algorithm.loss),
+                            fed.context(algorithm),
                             x.expand(fed.n_clients, -1).clone(), state, np.random.default_rng(fed.seed),
                             torch.Generator(device=fed.device).manual_seed(fed.seed), active=fed.n_clients)
 
@@ -138,10 +138,10 @@ class Decentralized:
         if len(ids) < n:
             W = restrict(W, active)  # links to unavailable nodes dropped, their weight kept at home
         steps = fed.steps_for(ids)
-        cohort = Cohort(fed.x_train, fed.y_train, fed.sample_batches(ids, steps, state.generator), steps)
+        index = fed.sample_batches(ids, steps, state.generator)  # (M, K, B)
         rows = {k: v[ids] for k, v in state.client_state.items()}
         down = {"x": state.X if len(ids) == n else state.X[ids]}  # (M, P): each node starts from its own model
-        messages, rows = state.executor(state.algorithm, down, rows, cohort, state.ctx, down_per_client=True)
+        messages, rows = fed.train_cohort(state.algorithm, down, index, steps, rows, True, state.executor, state.ctx)
         if "delta" not in messages:
             raise ValueError(f"{state.algorithm.name}.client_update must return a message with 'delta' (the local "
                              f"update) to run on a network, got keys {sorted(messages)}")
