@@ -3,16 +3,31 @@
     python -m flbook.bench                 # CPU or the default device, all models and cohort sizes
     python -m flbook.bench --quick         # smaller grid, fewer repeats
     python -m flbook.bench --markdown      # a table to paste into the README
+    python -m flbook.bench --limit         # also FLOPs per round and the fraction of the machine's matmul rate
 
 Each round trains M clients for K=5 local steps of batch B=32 on MNIST-shaped inputs (1x28x28; the
 values do not matter for timing). Centralized training runs the same M*K minibatches through one
 ordinary `nn.Module` with `torch.optim.SGD`: the reference a user would compare against. Timings are
 medians of several repeats after a warm-up round; memory is the peak during the timed rounds.
+
+Against the machine's limit (`--limit`): the floating-point operations of one round, counted from the layers'
+multiply-accumulates (MACs) per sample, and the fraction of the machine's dense matrix-multiply rate that each
+way of training reaches. Per sample and local step, a layer with c MACs costs 2c FLOPs forward, 2c for its weight
+gradient and 2c for the gradient of its input, except the first layer (the data need no gradient):
+
+    FLOPs per round = K * B * M * (6 * sum_l c_l - 2 * c_1)
+
+For a Linear layer c = in * out; for the MLP 784-200-200-10 that is 6 * 198,800 - 2 * 156,800 = 879,200 per
+sample (about 4.4 P for P = 199,210 parameters). Biases, activations, the loss and the SGD update (O(P) each) are
+left out: they are memory traffic, not matrix arithmetic. The machine's rate is the median of `torch.mm` on two
+square float32 matrices of side `--peak-size` (1024: large enough for the BLAS to reach its best rate) with the
+intra-op thread count the round runs with.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import math
 import platform
 import statistics
 import time
@@ -25,6 +40,7 @@ import torch
 
 from .algorithms import FedAvg
 from .data import Dataset, mnist1d
+from .models import FlatModel
 from .runtime import cpu_threads, resolve_device
 from .executors import BatchedExecutor, LoopExecutor
 from .federation import Federation
@@ -99,8 +115,49 @@ def _centralized(fed: Federation, index: torch.Tensor) -> Callable[[], None]:
     return train
 
 
-def measure(model: str, n_clients: int, device: torch.device, repeats: int, threads: int | str | None) -> dict:
-    """Time one round of each executor and centralized training for one model and cohort size."""
+def layer_macs(model: FlatModel, sample: torch.Tensor) -> list[int]:
+    """Multiply-accumulates per sample of each Linear and Conv2d layer, in the order the forward pass runs them."""
+    macs: list[int] = []
+
+    def count(layer: torch.nn.Module, _inputs, out: torch.Tensor) -> None:
+        if isinstance(layer, torch.nn.Linear):
+            macs.append(layer.in_features * layer.out_features)
+        else:  # each output element sums (in_channels / groups) * kernel area products
+            macs.append(out[0].numel() * layer.in_channels // layer.groups * math.prod(layer.kernel_size))
+    hooks = [m.register_forward_hook(count) for m in model.module.modules()
+             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    with torch.no_grad():
+        model.module(sample[None])
+    for hook in hooks:
+        hook.remove()
+    return macs
+
+
+def round_flops(model: FlatModel, sample: torch.Tensor, n_clients: int, local_steps: int = LOCAL_STEPS,
+                batch: int = BATCH) -> int:
+    """Matrix FLOPs of one round: K*B*M samples, each 6 * sum_l c_l - 2 * c_1 (see the module docstring)."""
+    macs = layer_macs(model, sample)
+    return local_steps * batch * n_clients * (6 * sum(macs) - 2 * macs[0])
+
+
+def matmul_rate(device: torch.device, size: int = 1024, repeats: int = 5) -> float:
+    """The machine's dense float32 matrix-multiply rate in FLOP/s: median of `torch.mm` of two (size, size)."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    calls = max(1, int(1e9 // (2 * size ** 3)))  # about 10^9 FLOPs per timing: long enough to time, short to wait
+
+    def products() -> None:
+        for _ in range(calls):
+            torch.mm(a, b)
+    seconds, _ = _median_time(products, device, repeats)
+    return 2 * size ** 3 * calls / seconds
+
+
+def measure(model: str, n_clients: int, device: torch.device, repeats: int, threads: int | str | None,
+            peak_size: int | None = None) -> dict:
+    """Time one round of each executor and centralized training for one model and cohort size.
+
+    With `peak_size`, also the round's FLOPs and the fraction of the matrix-multiply rate each one reaches."""
     data, parts = _task(n_clients, device)
     fed = Federation(data, parts, model, local_steps=LOCAL_STEPS, batch_size=BATCH, lr=0.05, device=device,
                      threads=threads)
@@ -114,6 +171,11 @@ def measure(model: str, n_clients: int, device: torch.device, repeats: int, thre
         index = fed.sample_batches(torch.arange(n_clients, device=device), None,
                                    torch.Generator(device=device).manual_seed(0))
         row["centralized_s"], _ = _median_time(_centralized(fed, index), device, repeats)
+        if peak_size is not None:
+            row["gflop"] = round_flops(fed.model, fed.x_train[0], n_clients) / 1e9
+            row["peak_gflop_s"] = matmul_rate(device, peak_size) / 1e9
+            for way in ("loop", "batched", "centralized"):
+                row[f"{way}_of_peak"] = row["gflop"] / row[f"{way}_s"] / row["peak_gflop_s"]
     row["loop/batched"] = row["loop_s"] / row["batched_s"]
     row["batched/centralized"] = row["batched_s"] / row["centralized_s"]
     row["auto"] = fed.executor_for(FedAvg()).name
@@ -161,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", default="auto", help="intra-op CPU threads: 'auto' (the federation's rule) or N")
     parser.add_argument("--quick", action="store_true", help="cohorts 10 and 100 only, 2 repeats")
     parser.add_argument("--end-to-end", action="store_true", help="also time 100 rounds x 100 clients on MNIST-1D")
+    parser.add_argument("--limit", action="store_true",
+                        help="also FLOPs per round and the fraction of the measured torch.mm rate reached")
+    parser.add_argument("--peak-size", type=int, default=1024, help="side of the square matrices timed for --limit")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -172,13 +237,18 @@ def main(argv: list[str] | None = None) -> None:
     for model in args.models.split(","):
         cohorts = tuple(int(c) for c in args.clients.split(",")) if args.clients else COHORTS[model]
         for n_clients in (c for c in cohorts if not args.quick or c <= 100):
-            rows.append(measure(model, n_clients, device, repeats, threads))
+            rows.append(measure(model, n_clients, device, repeats, threads, args.peak_size if args.limit else None))
             print(f"  {model:8s} {n_clients:5d} clients: loop {rows[-1]['loop_s']:.3f} s, "
                   f"batched {rows[-1]['batched_s']:.3f} s, centralized {rows[-1]['centralized_s']:.3f} s", flush=True)
     table = pd.DataFrame(rows)
     cols = ["model", "clients", "loop_s", "batched_s", "centralized_s", "loop/batched", "batched/centralized",
             "loop_peak_mib", "batched_peak_mib", "auto"]
     print(_format(table[cols], args.markdown))
+    if args.limit:
+        print(f"\n# Against the machine's limit: matrix GFLOP per round (K*B*M*(6 sum_l c_l - 2 c_1)), the torch.mm "
+              f"rate at {args.peak_size}x{args.peak_size} with the round's threads, and the fraction each reaches")
+        print(_format(table[["model", "clients", "gflop", "peak_gflop_s", "loop_of_peak", "batched_of_peak",
+                             "centralized_of_peak"]], args.markdown))
     if args.end_to_end:
         e2e = end_to_end(device)
         print("\n# FedAvg on MNIST-1D, 100 clients x 100 rounds, MLP")

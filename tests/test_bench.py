@@ -1,0 +1,37 @@
+"""The benchmark's limit section: FLOP counts from the layers, the matmul rate, and a quick run that prints them."""
+import torch
+
+from flbook.bench import BATCH, LOCAL_STEPS, layer_macs, main, matmul_rate, round_flops
+from flbook.models import cnn, logistic, mlp
+
+
+def test_flops_of_linear_models_follow_the_formula():
+    x = torch.zeros(1, 28, 28)
+    assert layer_macs(mlp(784, 10), x) == [784 * 200, 200 * 200, 200 * 10]
+    # logistic: forward 2c and weight gradient 2c, no input gradient for the only layer
+    assert round_flops(logistic(784, 10), x, n_clients=3) == LOCAL_STEPS * BATCH * 3 * 4 * 784 * 10
+    per_sample = 6 * (784 * 200 + 200 * 200 + 200 * 10) - 2 * 784 * 200
+    assert per_sample == 879_200
+    assert round_flops(mlp(784, 10), x, n_clients=7, local_steps=2, batch=5) == 2 * 5 * 7 * per_sample
+
+
+def test_conv_macs_count_every_output_element():
+    macs = layer_macs(cnn((1, 8, 8), 10, channels=(4, 8), groups=2), torch.zeros(1, 8, 8))
+    assert macs == [4 * 8 * 8 * 1 * 9, 8 * 4 * 4 * 4 * 9, 8 * 2 * 2 * 10]
+
+
+def test_matmul_rate_is_positive_and_finite():
+    rate = matmul_rate(torch.device("cpu"), size=64, repeats=2)
+    assert 1e6 < rate < 1e15
+
+
+def test_quick_limit_section_prints_its_columns(capsys):
+    main(["--quick", "--limit", "--device", "cpu", "--models", "logistic,mlp", "--clients", "2", "--threads", "1",
+          "--peak-size", "128"])
+    out = capsys.readouterr().out
+    section = out.split("# Against the machine's limit")[1]
+    for column in ("gflop", "peak_gflop_s", "loop_of_peak", "batched_of_peak", "centralized_of_peak"):
+        assert column in section
+    rows = [line.split() for line in section.splitlines() if line.split()[:1] in (["logistic"], ["mlp"])]
+    assert [r[:2] for r in rows] == [["logistic", "2"], ["mlp", "2"]]
+    assert all(0 < float(v) for r in rows for v in r[2:])

@@ -1,0 +1,61 @@
+"""Executors: the batched executor's explicit backpropagation gives autograd's gradient, bit for bit."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flbook.algorithms import FedAvg, FedLD
+from flbook.algorithms.base import LocalContext
+from flbook.executors import BackpropContext, _is_perceptron
+from flbook.federation import Federation
+from flbook.models import FlatModel, cnn, logistic, mlp
+
+
+def _stacked_grads(ctx: LocalContext, n_clients: int, batch: int, n_features: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    theta = torch.stack([ctx.model.init(seed) for seed in range(n_clients)])  # (M, P)
+    x = torch.randn(n_clients, batch, n_features, generator=g)  # (M, B, D)
+    y = torch.randint(0, 10, (n_clients, batch), generator=g)  # (M, B)
+    return torch.func.vmap(ctx.grad)(theta, x, y)  # (M, P)
+
+
+def test_backprop_gradient_is_torch_func_gradient_exactly():
+    for model, weight_decay, batch in ((mlp(64, 10, hidden=(16, 8)), 0.0, 7), (mlp(64, 10, hidden=(32,)), 1e-3, 32),
+                                       (logistic(64, 10), 0.0, 5)):
+        fields = (model, 0.1, weight_decay, FedAvg().loss)
+        reference = _stacked_grads(LocalContext(*fields), 5, batch, 64)
+        assert torch.equal(_stacked_grads(BackpropContext(*fields), 5, batch, 64), reference)
+
+
+def test_other_losses_fall_back_to_autograd():
+    def smoothed(logits, y):
+        return F.cross_entropy(logits, y, label_smoothing=0.1)
+    fields = (mlp(64, 10, hidden=(16,)), 0.1, 0.0, smoothed)
+    plain = _stacked_grads(LocalContext(*fields[:3], F.cross_entropy), 3, 8, 64)
+    reference = _stacked_grads(LocalContext(*fields), 3, 8, 64)
+    assert not torch.equal(plain, reference)  # the smoothing changes the gradient...
+    assert torch.equal(_stacked_grads(BackpropContext(*fields), 3, 8, 64), reference)  # ...and is kept
+
+
+def test_only_flatten_linear_relu_chains_take_the_explicit_path():
+    assert _is_perceptron(mlp(64, 10).module) and _is_perceptron(logistic(64, 10).module)
+    assert not _is_perceptron(cnn((1, 8, 8), 10).module)
+    assert not _is_perceptron(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Linear(3, 2)))  # no ReLU between
+    assert not _is_perceptron(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)))
+    assert not _is_perceptron(nn.Sequential(nn.Flatten(), nn.Linear(4, 2, bias=False)))
+    assert not _is_perceptron(FlatModel(nn.Sequential(nn.Flatten(0), nn.Linear(4, 2)), "custom").module)
+
+
+def test_batched_mlp_round_needs_no_torch_func_grad(digits_data, monkeypatch):
+    """The first torch.func.grad of a process imports torch._dynamo (about a second): a default round avoids it."""
+    parts = [torch.arange(k, len(digits_data.y_train), 7).numpy() for k in range(7)]  # unequal sizes
+    fed = Federation(digits_data, parts, "mlp", executor="batched", local_epochs=1.0, batch_size=64)
+    expected = fed.run(FedAvg(), 2, progress=False).test_loss.to_numpy()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.func.grad was called")
+    monkeypatch.setattr(torch.func, "grad", refuse)
+    assert np.array_equal(fed.run(FedAvg(), 2, progress=False).test_loss.to_numpy(), expected)
+    with pytest.raises(AssertionError, match="torch.func.grad was called"):  # a method's own loss still uses it
+        fed.run(FedLD(margin=0.1, principal_gradient=False), 1, progress=False)
