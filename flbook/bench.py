@@ -4,6 +4,7 @@
     python -m flbook.bench --quick         # smaller grid, fewer repeats
     python -m flbook.bench --markdown      # a table to paste into the README
     python -m flbook.bench --limit         # also FLOPs per round and the fraction of the machine's matmul rate
+    python -m flbook.bench --reader        # only what a reader waits for: each panel's Run, each notebook's run
 
 Each round trains M clients for K=5 local steps of batch B=32 on MNIST-shaped inputs (1x28x28; the
 values do not matter for timing). Centralized training runs the same M*K minibatches through one
@@ -22,14 +23,25 @@ sample (about 4.4 P for P = 199,210 parameters). Biases, activations, the loss a
 left out: they are memory traffic, not matrix arithmetic. The machine's rate is the median of `torch.mm` on two
 square float32 matrices of side `--peak-size` (1024: large enough for the BLAS to reach its best rate) with the
 intra-op thread count the round runs with.
+
+What a reader waits for (`--reader`): for every chapter's control panel (and the foundations' panel of
+chapters 00-02), the seconds from pressing Run at its default settings to the figure, in this process; and
+for every notebook, the seconds `jupyter nbconvert --execute` takes to run it in a fresh kernel on the CPU.
+Targets on 2 cores: a panel's figure within 5 s, a notebook within 60 s.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import math
+import os
+import pkgutil
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -38,6 +50,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import chapters, plots, widgets
 from .algorithms import FedAvg
 from .data import Dataset, mnist1d
 from .models import FlatModel
@@ -214,6 +227,44 @@ def machine(device: torch.device) -> str:
     return f"{name}; torch {torch.__version__}; {torch.os.cpu_count()} cores"
 
 
+def chapter_modules() -> dict[str, object]:
+    """Every module of `flbook.chapters`, by name."""
+    return {info.name: importlib.import_module(f"{chapters.__name__}.{info.name}")
+            for info in pkgutil.iter_modules(chapters.__path__)}
+
+
+def panel_latency(modules: dict[str, object] | None = None) -> pd.DataFrame:
+    """Seconds from Run to the figure of every panel at its defaults: the foundations' and each chapter's."""
+    panels = {"foundations (00-02)": (widgets.compare_run(progress=False), widgets.standard_controls(),
+                                      plots.accuracy_figure)}
+    for name, chapter in (chapter_modules() if modules is None else modules).items():
+        panels[name] = (lambda values, chapter=chapter: chapter.run(values, progress=False), chapter.controls(),
+                        chapter.figure)
+    rows = []
+    for name, (run, controls, plot) in panels.items():
+        panel = widgets.control_panel(run=run, controls=controls, plot=plot)
+        start = time.perf_counter()
+        panel.on_run()
+        rows.append({"panel": name, "seconds_to_figure": time.perf_counter() - start, "error": panel.error or ""})
+        print(f"  {name:28s} {rows[-1]['seconds_to_figure']:6.1f} s", flush=True)
+    return pd.DataFrame(rows)
+
+
+def notebook_latency(folder: Path) -> pd.DataFrame:
+    """Seconds each notebook takes to run in a fresh kernel (`jupyter nbconvert --execute`) on the CPU."""
+    env = {**os.environ, "FLBOOK_DEVICE": "cpu", "PYTHONHASHSEED": "0"}
+    env.pop("MPLBACKEND", None)
+    rows = []
+    with tempfile.TemporaryDirectory() as out:
+        for notebook in sorted(folder.glob("*.ipynb")):
+            start = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                                   "--output-dir", out, str(notebook)], env=env, capture_output=True, cwd=folder)
+            rows.append({"notebook": notebook.name, "seconds": time.perf_counter() - start, "ok": done.returncode == 0})
+            print(f"  {notebook.name:32s} {rows[-1]['seconds']:6.1f} s", flush=True)
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: FLBOOK_DEVICE or auto)")
@@ -227,8 +278,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="also FLOPs per round and the fraction of the measured torch.mm rate reached")
     parser.add_argument("--peak-size", type=int, default=1024, help="side of the square matrices timed for --limit")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--reader", action="store_true",
+                        help="only what a reader waits for: each panel's Run to its figure, each notebook's run")
+    parser.add_argument("--notebooks", default=str(Path(__file__).resolve().parents[1] / "notebooks"),
+                        help="the folder of notebooks --reader runs")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    if args.reader:
+        print(f"# What a reader waits for, on {machine(device)}")
+        print("\n# Control panels: Run at the defaults -> figure")
+        print(_format(panel_latency(), args.markdown))
+        print("\n# Notebooks: a fresh kernel runs every cell (CPU)")
+        print(_format(notebook_latency(Path(args.notebooks)), args.markdown))
+        return
     threads = args.threads if args.threads == "auto" else int(args.threads)
     repeats = 2 if args.quick else args.repeats
     print(f"# flbook.bench on {machine(device)}; FedAvg, K={LOCAL_STEPS} local steps, batch {BATCH}, "

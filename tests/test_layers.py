@@ -4,9 +4,10 @@ Layers, each importing only layers before it (README, "The package"):
   0 leaves      data, partition, models, runtime, participation, devices, clock, history, utils, ... (no flbook)
   1 algorithms  algorithms.base, then the methods (which may build on each other and on base)
   2 core        channel, executors, federation, asynchronous, ...
-  3 measures    drift, loss_decomposition, admm, protocol, bench
+  3 measures    drift, loss_decomposition, admm, protocol
   4 screen      plots, widgets
   5 chapters    one module per notebook; never imports another chapter
+  6 tools       bench
 Extra rules: the core imports `algorithms.base` only, never a method; a method imports nothing above the
 algorithms layer except `federation` for type annotations (under TYPE_CHECKING); no import cycle.
 """
@@ -23,9 +24,10 @@ LAYERS = {  # top-level module or subpackage -> layer
                      "validation", "robust", "attacks", "topology"), 0),
     "algorithms": 1,
     **dict.fromkeys(("channel", "executors", "federation", "asynchronous", "decentralized", "split", "flower"), 2),
-    **dict.fromkeys(("drift", "loss_decomposition", "admm", "protocol", "bench"), 3),
+    **dict.fromkeys(("drift", "loss_decomposition", "admm", "protocol"), 3),
     **dict.fromkeys(("plots", "widgets"), 4),
     "chapters": 5,
+    "bench": 6,  # a tool: it times the chapters' panels too
 }
 CORE = {name for name, layer in LAYERS.items() if layer == 2}
 
