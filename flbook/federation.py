@@ -277,16 +277,13 @@ class Federation:
         state.bits_down += bits
         return delivered(down, ids)
 
-    def collect(self, state: RunState, ids: torch.Tensor, down: Tensors, *, steps: torch.Tensor | None = None,
-                down_per_client: bool | None = None, executor: LoopExecutor | BatchedExecutor | None = None
-                ) -> tuple[Tensors, torch.Tensor]:
+    def collect(self, state: RunState, ids: torch.Tensor, down: Tensors, *, down_per_client: bool | None = None,
+                executor: LoopExecutor | BatchedExecutor | None = None) -> tuple[Tensors, torch.Tensor]:
         """Train clients `ids` from what they received and send their messages up: (what arrived, its senders).
 
-        `steps` (M,) overrides the local steps per client; `down` holds one row per client when
-        `down_per_client` (default: as the channel delivers it). Client states are written back for every
-        client that trained, whether or not its message then arrives."""
-        if steps is None:
-            steps = self.steps_for(ids)
+        `down` holds one row per client when `down_per_client` (default: as the channel delivers it). Client
+        states are written back for every client that trained, whether or not its message then arrives."""
+        steps = self.steps_for(ids)
         per_client = state.channel.down_per_client if down_per_client is None else down_per_client
         index = self.sample_batches(ids, steps, state.generator)  # (M, K, B)
         messages, client_state = self.train_cohort(state.algorithm, down, index, steps, state.client_state.get(ids),
