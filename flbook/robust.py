@@ -27,7 +27,7 @@ def _check_messages(x: Tensor, rule: str) -> int:
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     if x.shape[-2] == 0:
         raise ValueError(f"{rule}: messages must hold M >= 1 messages, got shape {tuple(x.shape)}")
-    if torch.isnan(x).any():
+    if torch.isnan(x.sum()) and torch.isnan(x).any():  # a NaN makes the sum NaN: one cheap pass first
         raise ValueError(f"{rule}: messages contain NaN ({int(torch.isnan(x).any(-1).sum())} of the rows)")
     return x.shape[-2]
 
@@ -82,7 +82,13 @@ def coordinate_median(x: Tensor, even: Literal["mean", "lower"] = "mean") -> Ten
     lower = x.kthvalue((m + 1) // 2, dim=-2).values  # (..., P)
     if m % 2 or even == "lower":
         return lower
-    return (lower + x.kthvalue(m // 2 + 1, dim=-2).values) / 2  # midpoint of the two middle order statistics
+    return (lower + _next_order_statistic(x, lower, m // 2)) / 2  # midpoint of the two middle order statistics
+
+
+def _next_order_statistic(x: Tensor, s_k: Tensor, k: int) -> Tensor:
+    """s_(k+1) per coordinate from s_(k): s_(k) again if more than k values are <= it, else the next larger value."""
+    below = x <= s_k.unsqueeze(-2)  # (..., M, P)
+    return torch.where(below.sum(-2) > k, s_k, x.masked_fill(below, float("inf")).amin(-2))  # (..., P)
 
 
 def trimmed_mean(x: Tensor, f: int) -> Tensor:
@@ -92,7 +98,16 @@ def trimmed_mean(x: Tensor, f: int) -> Tensor:
     """
     m = _check_messages(x, "trimmed_mean")
     _check_f(f, m, "trimmed_mean", (m - 1) // 2, "M > 2f")
-    return x.sort(dim=-2).values[..., f:m - f, :].mean(-2)  # (..., M - 2f, P) -> (..., P)
+    if f == 0:
+        return x.mean(-2)
+    # the kept order statistics s_(f+1) .. s_(M-f) without a full sort: their ends a, b from two small topk calls
+    a = x.topk(f + 1, dim=-2, largest=False).values[..., f, :].unsqueeze(-2)  # (..., 1, P)  s_(f+1)
+    b = x.topk(f + 1, dim=-2, largest=True).values[..., f, :].unsqueeze(-2)  # (..., 1, P)  s_(M-f)
+    inside = torch.where((x > a) & (x < b), x, 0).sum(-2)  # (..., P)  kept values strictly between the ends
+    n_a = (x <= a).sum(-2) - f  # kept copies of a: positions f+1 .. #(x <= a)
+    n_b = (x >= b).sum(-2) - f
+    kept = inside + a.squeeze(-2) * n_a + b.squeeze(-2) * n_b
+    return torch.where(a.squeeze(-2) == b.squeeze(-2), a.squeeze(-2), kept / (m - 2 * f))  # a == b: all kept equal
 
 
 def geometric_median(x: Tensor, weights: Tensor | None = None, *, nu: float = 1e-6, max_iter: int = 100,

@@ -239,3 +239,18 @@ def test_cross_check_against_installed_byzfl():
         close(R.centered_clipping(x, tau=1.0, iters=2), byzfl.CenteredClipping(L=2, tau=1.0)(x))
         close(R.geometric_median(x, nu=0.1, max_iter=5, tol=0, init=torch.zeros(20)),
               byzfl.GeometricMedian(nu=0.1, T=5)(x))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_order_statistics_agree_with_a_full_sort_with_ties_and_infs(seed):
+    g = torch.Generator().manual_seed(seed)
+    m = 8 + seed
+    x = torch.randint(-3, 4, (m, 50), generator=g).float()  # many ties
+    x[: seed % 3] = float("inf") if seed % 2 else -float("inf")
+    s = x.sort(0).values
+    for f in range(0, (m - 1) // 2 + 1):
+        kept = s[f:m - f]
+        expected = torch.where(kept[0] == kept[-1], kept[0], kept.sum(0) / (m - 2 * f))
+        close(R.trimmed_mean(x, f), expected)
+    expected = s[(m - 1) // 2] if m % 2 else (s[m // 2 - 1] + s[m // 2]) / 2
+    close(R.coordinate_median(x), expected)
