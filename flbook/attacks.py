@@ -105,7 +105,7 @@ def gaussian(honest: Tensor, f: int, mu: float = 0.0, sigma: float = 1.0,
 
 
 def inf(honest: Tensor, f: int) -> Tensor:
-    """Inf: every Byzantine client sends +inf in every coordinate (breaks any rule that averages it in)."""
+    """Inf: every Byzantine client sends +inf in every coordinate (ByzFL's Inf; breaks any rule that averages it in)."""
     _check(honest, f, "inf")
     return torch.full((f, honest.shape[1]), float("inf"), dtype=honest.dtype, device=honest.device)
 

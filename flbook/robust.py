@@ -64,7 +64,7 @@ def _finite_rows(x: Tensor) -> Tensor:
 
 
 def mean(x: Tensor, weights: Tensor | None = None) -> Tensor:
-    """Plain (or weighted, sum_i p_i x_i) average: FedAvg's aggregation, the non-robust reference."""
+    """Plain or weighted average sum_i p_i x_i: FedAvg's aggregation (McMahan et al. 2017), the non-robust baseline."""
     m = _check_messages(x, "mean")
     weights = _check_weights(weights, m, "mean")
     return x.mean(-2) if weights is None else weights @ x  # (M,) @ (..., M, P) -> (..., P)
@@ -192,8 +192,9 @@ def centered_clipping(x: Tensor, weights: Tensor | None = None, *, tau: float = 
     p = torch.full((m,), 1 / m, dtype=x.dtype, device=x.device) if weights is None else weights  # (M,)
     v = torch.zeros_like(x[..., 0, :]) if center is None else center.to(x.dtype).expand_as(x[..., 0, :])  # (..., P)
     finite = _finite_rows(x)[..., None]  # (..., M, 1)
+    finite = None if finite.all() else finite  # skip the masking pass in the usual all-finite case
     for _ in range(iters):
-        diff = torch.where(finite, x - v.unsqueeze(-2), 0)  # (..., M, P)
+        diff = x - v.unsqueeze(-2) if finite is None else torch.where(finite, x - v.unsqueeze(-2), 0)  # (..., M, P)
         scale = (tau / diff.norm(dim=-1)).clamp(max=1)  # (..., M)  min(1, tau / ||x_i - v||)
         v = v + ((p * scale).unsqueeze(-2) @ diff).squeeze(-2)  # (..., P)
     return v
@@ -282,7 +283,8 @@ class RobustRule:
                  **extra) -> Tensor:
         """Aggregate stacked messages (..., M, P) into (..., P); `extra` keywords go to the rule (e.g. center)."""
         for name in self.pre:
-            x, weights = nnm(x, self.f, weights) if name == "nnm" else bucketing(x, self.bucket_size, weights, generator)
+            x, weights = (nnm(x, self.f, weights) if name == "nnm"
+                          else bucketing(x, self.bucket_size, weights, generator))
         kwargs = {**self.options, **extra}
         if self.rule in _TAKES_F:
             kwargs["f"] = self.f

@@ -168,6 +168,7 @@ def test_cross_check_against_installed_byzfl():
     close(A.fall_of_empires(honest, 1, z=2.5)[0], byzfl.InnerProductManipulation(tau=1.5)(honest))
     close(A.a_little_is_enough(honest, 1, z=0.7)[0], byzfl.ALittleIsEnough(tau=0.7)(honest))
     search = byzfl.Optimal_ALittleIsEnough(agg=byzfl.TrMean(f=3), pre_agg_list=[], f=3)
-    ours = A.line_search_objective(honest, 3, A.alie_vector, R.RobustRule("trimmed_mean", f=3), torch.tensor([0.3, 2.0]))
+    rule = R.RobustRule("trimmed_mean", f=3)
+    ours = A.line_search_objective(honest, 3, A.alie_vector, rule, torch.tensor([0.3, 2.0]))
     theirs = torch.tensor([search._evaluate(honest, honest.mean(0), t) for t in (0.3, 2.0)])
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)

@@ -201,7 +201,8 @@ def test_robust_rule_composes_pre_aggregators():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: R.krum(torch.randn(6, 3), 2), r"krum: f must be an integer in \[0, 1\] for M=6 messages \(M > 2f \+ 2\), got 2"),
+    (lambda: R.krum(torch.randn(6, 3), 2),
+     r"krum: f must be an integer in \[0, 1\] for M=6 messages \(M > 2f \+ 2\), got 2"),
     (lambda: R.trimmed_mean(torch.randn(6, 3), 3), r"trimmed_mean: f must be an integer in \[0, 2\] .* got 3"),
     (lambda: R.trimmed_mean(torch.randn(6, 3), -1), r"got -1"),
     (lambda: R.multi_krum(torch.randn(9, 3), 1, m=10), r"m must be an integer in \[1, 9\]"),
