@@ -115,7 +115,8 @@ def line_search_objective(honest: Tensor, f: int, vector: Callable[[Tensor, Tens
     """||rule(honest + f copies of b(s)) - mean_h|| for every candidate scale s (S,), in one batched rule call.
 
     The objective of ByzFL's Optimal_ALittleIsEnough / Optimal_InnerProductManipulation and, squared, of the
-    MoNNA code's line search (there the rule is the mean of the honest nodes' NNA outputs).
+    MoNNA code's line search (there the rule is the mean of the honest nodes' NNA outputs). The rule must
+    broadcast over a leading dimension (every rule in flbook.robust does); the stack costs S (H + f) P floats.
     """
     _check(honest, f, "line_search")
     s, (h, p) = scales.shape[0], honest.shape
