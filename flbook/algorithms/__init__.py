@@ -9,6 +9,7 @@ from .fedprox import FedProx
 from .fedspeed import FedSpeed
 from .fedstale import FedStale, FedVARP
 from .scaffold import Scaffold
+from .robust_fedavg import RobustFedAvg
 from .server_opt import FedAdam, FedAvgM
 from .staleness_inversion import GradientInversion, StaleFedAvg
 
@@ -17,4 +18,4 @@ BASELINES = {"FedAvg": FedAvg, "FedProx": FedProx, "SCAFFOLD": Scaffold, "FedAvg
 __all__ = ["Algorithm", "Batches", "LocalContext", "RoundInfo", "FedAvg", "FedProx", "Scaffold", "FedAvgM",
            "FedAdam", "BASELINES", "FedLD", "FedLEx", "Exploration", "explore", "guidance_matrix", "FedSpeed",
            "FedAMD", "anchor_table", "FedStale", "FedVARP", "AsyncFedAvg", "FedBuff", "FedFix",
-           "GradientInversion", "StaleFedAvg"]
+           "GradientInversion", "StaleFedAvg", "RobustFedAvg"]
