@@ -38,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .algorithms.base import Algorithm, AsyncInfo, Tensors
+from .attacks import Adversary
 from .clock import TOLERANCE, VirtualClock
 from .devices import Devices
 from .executors import LoopExecutor
@@ -86,9 +87,11 @@ class AsyncFederation:
             raise ValueError(f"buffer_size must be an integer in [1, {n}] (the federation's clients), got {buffer}")
         return period, math.inf if buffer is None else int(buffer)
 
-    def run(self, algorithm: Algorithm, until: float, *, eval_every: float | None = None, progress: bool = True,
-            on_divergence: str = "raise", label: str | None = None) -> pd.DataFrame:
-        """Train until simulated time `until`; history rows every `eval_every` time units (default until / 40)."""
+    def run(self, algorithm: Algorithm, until: float, *, adversary: Adversary | None = None,
+            eval_every: float | None = None, progress: bool = True, on_divergence: str = "raise",
+            label: str | None = None) -> pd.DataFrame:
+        """Train until simulated time `until`, attacked by `adversary` if given (as `Federation.run`); history rows
+        every `eval_every` time units (default until / 40)."""
         if not (until > 0 and math.isfinite(until)):
             raise ValueError(f"until must be a finite number > 0, got {until}")
         eval_every = until / 40 if eval_every is None else eval_every
@@ -98,7 +101,7 @@ class AsyncFederation:
         if on_divergence not in ("raise", "stop"):
             raise ValueError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
         label = label or str(algorithm)
-        run = AsyncRun(self, algorithm, label)
+        run = AsyncRun(self, algorithm, label, adversary)
         with cpu_threads(self.federation.thread_count()):
             diverged_at = run.loop(until, eval_every, progress)
         history = pd.DataFrame(run.rows)
@@ -107,6 +110,8 @@ class AsyncFederation:
         self.updates[label] = pd.DataFrame(run.log, columns=["algorithm", "round", "sim_time", "client", "staleness",
                                                              "weight"])
         history.attrs["lost_updates"] = run.lost
+        if adversary is not None:
+            history.attrs.update(byzantine=run.state.byzantine.tolist(), attack=str(adversary))
         if run.state.round == 0:
             warnings.warn(f"{label}: no aggregation happened before until={until:g}; the model never changed "
                           f"(the fastest job takes {run.job_time.min().item():g} time units)", RuntimeWarning,
@@ -135,11 +140,11 @@ class AsyncFederation:
 class AsyncRun:
     """One asynchronous run: the federation's `RunState` (its round is the model version) plus clock and jobs."""
 
-    def __init__(self, owner: AsyncFederation, algorithm: Algorithm, label: str):
+    def __init__(self, owner: AsyncFederation, algorithm: Algorithm, label: str, adversary: Adversary | None = None):
         fed = owner.federation
         self.owner, self.fed, self.label = owner, fed, label
         self.period, self.buffer_size = owner.trigger(algorithm)
-        self.state = fed.start(algorithm)  # x^0, states, generators and byte counts, as a synchronous run
+        self.state = fed.start(algorithm, adversary=adversary)  # x^0, states, generators, bytes: as a synchronous run
         # vmap pays off for cohorts, not for the one or two clients an asynchronous aggregation often trains
         self.small_executor = LoopExecutor() if fed.executor_choice == "auto" else self.state.executor
         self.clock = VirtualClock()

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .algorithms.base import Algorithm, LocalContext, RoundInfo, Tensors
+from .attacks import Adversary
 from .channel import Channel, delivered
 from .executors import BatchedExecutor, Cohort, LoopExecutor
 from .history import row as history_row
@@ -93,6 +94,8 @@ class RunState:
     client_state: ClientStates
     rng: np.random.Generator
     generator: torch.Generator
+    adversary: Adversary | None = None
+    byzantine: torch.Tensor | None = None  # (f,) ids of the Byzantine clients, when there is an adversary
     round: int = 0
     bits_up: int = 0
     bits_down: int = 0
@@ -256,14 +259,16 @@ class Federation:
         return LocalContext(self.model, self.lr, self.weight_decay, algorithm.loss)
 
     # ---------------------------------------------------------------------------------------- the round loop
-    def start(self, algorithm: Algorithm, channel: Channel | None = None) -> RunState:
-        """Round 0 of a run over `channel` (default: the federation's): x^0, the algorithm's initial states, the
-        channel's memory cleared, and fresh seeded generators."""
+    def start(self, algorithm: Algorithm, channel: Channel | None = None,
+              adversary: Adversary | None = None) -> RunState:
+        """Round 0 of a run over `channel` (default: the federation's), attacked by `adversary` if given: x^0, the
+        algorithm's initial states, the channel's memory cleared, the Byzantine clients drawn, seeded generators."""
         channel = self.channel if channel is None else channel
         channel.reset()
         x = self.initial_model()
+        byzantine = None if adversary is None else adversary.clients(self.n_clients).to(self.device)
         return RunState(algorithm=algorithm, channel=channel, executor=self.executor_for(algorithm),
-                        ctx=self.context(algorithm), x=x,
+                        ctx=self.context(algorithm), x=x, adversary=adversary, byzantine=byzantine,
                         server_state=algorithm.init_server_state(x, self.n_clients),
                         client_state=ClientStates(algorithm.init_client_state(x), self.n_clients, self.device),
                         rng=np.random.default_rng(self.seed),  # client sampling and channel randomness
@@ -292,7 +297,23 @@ class Federation:
             state.client_state.put(ids, client_state)
         messages, bits = state.channel.uplink(messages, state.rng, clients=ids)
         state.bits_up += bits
-        return delivered(messages, ids)
+        messages, ids = delivered(messages, ids)
+        return (messages if state.adversary is None else self.corrupt(state, messages, ids)), ids
+
+    def corrupt(self, state: RunState, messages: Tensors, ids: torch.Tensor) -> Tensors:
+        """What the server holds once the round's Byzantine senders have replaced their messages by the adversary's,
+        each crafted from the honest messages that arrived (every floating message (M, P) of the algorithm)."""
+        bad = torch.isin(ids, state.byzantine)  # (M,)
+        f = int(bad.sum())
+        if f == 0 or f == len(ids):  # no attacker, or no honest message to craft an attack from: sent as trained
+            return messages
+        generator = torch.Generator().manual_seed(state.adversary.seed * 1_000_003 + state.round)  # fresh per round
+        out = dict(messages)
+        for k, v in messages.items():
+            if v.is_floating_point() and v.dim() == 2:
+                out[k] = v.clone()
+                out[k][bad] = state.adversary(v[~bad], f, generator).to(v.device, v.dtype)  # (f, P)
+        return out
 
     def train_cohort(self, algorithm: Algorithm, down: Tensors, index: torch.Tensor, steps: torch.Tensor | None = None,
                      client_state: Tensors | None = None, down_per_client: bool = False,
@@ -329,10 +350,12 @@ class Federation:
         info = RoundInfo(t, ids, self.n_clients, self.client_sizes)
         state.x, state.server_state = state.algorithm.aggregate(state.x, state.server_state, messages, weights, info)
 
-    def run(self, algorithm: Algorithm, rounds: int, *, channel: Channel | None = None, eval_every: int = 1,
-            progress: bool = True, on_divergence: str = "raise", label: str | None = None) -> pd.DataFrame:
-        """Train `algorithm` for `rounds` rounds over `channel` (default: the federation's); returns the history,
-        one row per evaluation.
+    def run(self, algorithm: Algorithm, rounds: int, *, channel: Channel | None = None,
+            adversary: Adversary | None = None, eval_every: int = 1, progress: bool = True,
+            on_divergence: str = "raise", label: str | None = None) -> pd.DataFrame:
+        """Train `algorithm` for `rounds` rounds over `channel` (default: the federation's), attacked by `adversary`
+        (none by default); returns the history, one row per evaluation. With an adversary, `history.attrs` names
+        the Byzantine clients ("byzantine") and the attack ("attack").
 
         on_divergence: "raise" a `DivergenceError`, or "stop" with a warning and return the rows so far
         (the history's `attrs["diverged_at"]` names the round)."""
@@ -341,7 +364,7 @@ class Federation:
         if on_divergence not in ("raise", "stop"):
             raise ValueError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
         label = label or str(algorithm)
-        state = self.start(algorithm, channel)
+        state = self.start(algorithm, channel, adversary)
         rows = [self._row(label, state, 0.0)]
         start = time.perf_counter()
         diverged_at = None
@@ -359,6 +382,8 @@ class Federation:
                         break
         history = pd.DataFrame(rows)
         self.final_models[label] = state.x
+        if adversary is not None:
+            history.attrs.update(byzantine=state.byzantine.tolist(), attack=str(adversary))
         report_empty_rounds(history, label, state.empty_rounds, state.round)
         if diverged_at is not None:
             report_divergence(history, f"{label} diverged at round {diverged_at}", diverged_at, self.lr, on_divergence)

@@ -159,3 +159,48 @@ def test_client_state_is_held_only_for_clients_that_trained(digits_data):
     trained = state.client_state.count
     assert 10 <= trained <= 30
     assert next(iter(state.client_state.rows.values())).shape[0] < 64  # rows allocated: about the clients seen
+
+
+# ------------------------------------------------------------------------------------------- an adversary
+def test_byzantine_messages_replace_the_senders_own_in_both_loops(digits_data):
+    """Sign flipping: each Byzantine client's update is minus the mean of the honest updates that arrived."""
+    from flbook.attacks import Adversary, Attack
+
+    adversary = Adversary(Attack("sign_flipping"), f=1, seed=3)
+    for loop in ("sync", "async"):
+        seen = []
+
+        @dataclasses.dataclass(kw_only=True)
+        class Seen(FedAvg):
+            def aggregate(self, x, server_state, messages, weights, info):
+                seen.append((info.clients.clone(), messages["delta"].clone()))
+                return super().aggregate(x, server_state, messages, weights, info)
+
+        fed = _federation(digits_data, Channel())
+        if loop == "sync":
+            history = fed.run(Seen(), 2, adversary=adversary, progress=False)
+        else:
+            history = AsyncFederation(fed, linear(N, 0.0, step_time=0.5)).run(Seen(), 2.0, adversary=adversary,
+                                                                               eval_every=1.0, progress=False)
+        byzantine = history.attrs["byzantine"]
+        assert len(byzantine) == 1 and history.attrs["attack"] == "sign_flipping by f=1"
+        for clients, delta in seen:
+            bad = torch.isin(clients, torch.tensor(byzantine))
+            assert bad.sum() == 1
+            assert torch.allclose(delta[bad][0], -delta[~bad].mean(0), atol=1e-6)
+
+
+def test_a_robust_rule_survives_an_attack_that_breaks_fedavg(digits_data):
+    from flbook.algorithms import RobustFedAvg
+    from flbook.attacks import Adversary, Attack
+
+    parts = equal_parts(len(digits_data.y_train), 8, 100)
+    fed = Federation(digits_data, parts, "logistic", local_steps=2, batch_size=20, lr=0.2, seed=1)
+    adversary = Adversary(Attack("gaussian", {"sigma": 30.0}), f=2, seed=0)
+
+    def final(algorithm, attack):
+        return fed.run(algorithm, 10, adversary=attack, progress=False, on_divergence="stop").test_acc.iloc[-1]
+
+    fedavg, median = FedAvg(), RobustFedAvg(rule="median")
+    assert final(fedavg, adversary) < 0.2 < final(fedavg, None) - 0.5  # 2 of 8 clients sending noise ruin the average
+    assert final(median, adversary) > final(fedavg, adversary) + 0.4  # the coordinate median is shifted, not broken
