@@ -8,6 +8,8 @@ same initial model, the same sampled clients and the same minibatches (all drawn
 from __future__ import annotations
 
 import math
+import numbers
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -18,11 +20,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import validation as V
 from .algorithms.base import Algorithm, LocalContext, RoundInfo, Tensors
 from .channel import Channel, delivered
+from .data import Dataset
 from .runtime import cpu_threads, resolve_device
 from .executors import BatchedExecutor, Cohort, LoopExecutor
-from .models import FlatModel, make_model
+from .models import MODELS, FlatModel, make_model
 from .participation import Participation, Uniform
 
 
@@ -30,11 +34,25 @@ class DivergenceError(RuntimeError):
     """Training produced non-finite parameters or loss."""
 
 
-def _positive(name: str, value: float, integer: bool = False) -> None:
-    if integer and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+EXECUTORS = ("auto", "loop", "batched")
+
+
+def _participation(participation: float | Participation, clients_per_round: int | None, n_clients: int) -> Participation:
+    """The participation model the arguments describe, checked against the number of clients now, not at run time."""
+    if clients_per_round is not None:
+        if not (isinstance(participation, numbers.Real) and participation == 1.0):
+            raise ValueError(f"give participation or clients_per_round, not both; got participation={participation!r} "
+                             f"and clients_per_round={clients_per_round!r}")
+        model: Participation = Uniform(count=V.integer("clients_per_round", clients_per_round, 1, n_clients))
+    elif isinstance(participation, numbers.Real) and not isinstance(participation, bool):
+        model = Uniform(fraction=V.probability("participation", participation, zero=False))
+    elif callable(getattr(participation, "sample", None)) and callable(getattr(participation, "probabilities", None)):
+        model = participation
+    else:
+        raise TypeError(f"participation must be a fraction in (0, 1] or a participation model such as Bernoulli, "
+                        f"got {participation!r}")
+    model.probabilities(n_clients)  # raises when the model does not fit n_clients
+    return model
 
 
 @dataclass
@@ -55,12 +73,24 @@ class RunState:
 
 
 def report_divergence(history: pd.DataFrame, what: str, at: int, lr: float, on_divergence: str) -> None:
-    """Raise a `DivergenceError`, or (on_divergence="stop") warn and mark `history.attrs["diverged_at"]`."""
-    message = f"{what} (non-finite parameters or loss); try a smaller learning rate than lr={lr}"
+    """Raise a `DivergenceError`, or (on_divergence="stop") warn and mark `history.attrs["diverged_at"]`.
+
+    Data and hyperparameters are checked finite where they are given, so what is left is a step too large."""
+    message = (f"{what} (non-finite parameters or loss): the steps are too large; try a smaller learning rate "
+               f"than lr={lr} (or a smaller server step)")
     if on_divergence == "raise":
         raise DivergenceError(message)
     warnings.warn(message, RuntimeWarning, stacklevel=3)
     history.attrs["diverged_at"] = at
+
+
+def _check_algorithm(algorithm: Algorithm) -> None:
+    """An Algorithm that this synchronous loop can run (some need the asynchronous driver's facts)."""
+    if not isinstance(algorithm, Algorithm):
+        raise TypeError(f"algorithm must be a flbook Algorithm such as FedAvg(), got {algorithm!r}")
+    if algorithm.asynchronous_only:
+        raise ValueError(f"{algorithm.name} needs the asynchronous driver: run it with AsyncFederation(federation, "
+                         f"devices).run(...)")
 
 
 class Federation:
@@ -72,50 +102,94 @@ class Federation:
                  clients_per_round: int | None = None, seed: int = 0, device: str | torch.device | None = None,
                  executor: str | LoopExecutor | BatchedExecutor = "auto", channel: Channel | None = None,
                  threads: int | str | None = "auto"):
-        _positive("local_steps", local_steps, integer=True)
-        _positive("batch_size", batch_size, integer=True)
-        _positive("lr", lr)
-        if local_epochs is not None:
-            _positive("local_epochs", local_epochs)
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if not isinstance(dataset, Dataset):
+            raise TypeError(f"dataset must be a flbook.data.Dataset (e.g. load('digits')), got {type(dataset).__name__}")
+        local_steps = V.integer("local_steps", local_steps, 1)
+        batch_size = V.integer("batch_size", batch_size, 1)
+        lr = V.positive("lr", lr)
+        local_epochs = None if local_epochs is None else V.positive("local_epochs", local_epochs)
+        weight_decay = V.non_negative("weight_decay", weight_decay)
+        seed = V.seed(seed)
+        if threads not in ("auto", None):
+            threads = V.integer("threads", threads, 1, os.cpu_count() or 1)
+        if isinstance(executor, str):
+            V.choice("executor", executor, EXECUTORS)
+        elif not callable(executor):
+            raise TypeError(f"executor must be one of {EXECUTORS} or an executor object, got {executor!r}")
+        if channel is not None and not isinstance(channel, Channel):
+            raise TypeError(f"channel must be a flbook.channel.Channel or None, got {type(channel).__name__}")
         self.device = resolve_device(device)
         self.dataset = dataset
         parts = dataset.client_indices if partition is None else partition
         if parts is None:
             raise ValueError(f"partition is required: dataset {dataset.name!r} has no natural client split")
         self._set_partition(parts, len(dataset.y_train))
-        self.model = (make_model(model, dataset.input_shape, dataset.n_classes) if isinstance(model, str)
-                      else model).to(self.device)
+        if len(dataset.y_test) == 0:
+            raise ValueError(f"dataset {dataset.name!r} has no test samples to evaluate on")
+        if isinstance(model, str):
+            model = make_model(model, dataset.input_shape, dataset.n_classes)
+        elif not isinstance(model, FlatModel):
+            raise TypeError(f"model must be one of {MODELS} or a FlatModel, got {type(model).__name__}")
+        self.model = model.to(self.device)
         self.local_steps, self.local_epochs, self.batch_size = local_steps, local_epochs, batch_size
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
-        self.participation = (participation if not isinstance(participation, (int, float))
-                              else Uniform(fraction=None if clients_per_round else participation, count=clients_per_round))
+        self.participation = _participation(participation, clients_per_round, self.n_clients)
         self.channel = channel or Channel()
         self.executor_choice = executor
         self.final_models: dict[str, torch.Tensor] = {}  # label -> parameters after its last run
         self.threads = threads
+        self._check_round_size()
         # Data moves to the device once; rounds only index these tensors.
         self.x_train = dataset.x_train.to(self.device)
         self.y_train = dataset.y_train.to(self.device)
         self.x_test = dataset.x_test.to(self.device)
         self.y_test = dataset.y_test.to(self.device)
+        self._check_model_fits()
 
     def _set_partition(self, parts: Sequence[np.ndarray], n_samples: int) -> None:
-        sizes = np.array([len(p) for p in parts])
+        """Check the partition once: integer indices in range, no empty client, no sample held twice."""
+        parts = [V.index_array(f"partition[{k}]", p, n_samples) for k, p in enumerate(parts)]
         if len(parts) == 0:
             raise ValueError("partition must hold at least one client")
+        sizes = np.array([len(p) for p in parts])
         if (sizes == 0).any():
             raise ValueError(f"every client needs at least one sample; client {int(np.argmin(sizes))} has none")
-        order = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
-        if order.min() < 0 or order.max() >= n_samples:
-            raise ValueError(f"partition indices must lie in [0, {n_samples}), the training set's size")
-        self.partition = [np.asarray(p, dtype=np.int64) for p in parts]
+        order = np.concatenate(parts)
+        held = np.bincount(order, minlength=n_samples)
+        if (held > 1).any():
+            sample = int(np.argmax(held > 1))
+            owners = [k for k, p in enumerate(parts) if (p == sample).any()]
+            raise ValueError(f"partition must hold each sample at most once; sample {sample} is held "
+                             f"{int(held[sample])} times, by clients {owners}")
+        self.partition = parts
         self.n_clients = len(parts)
         device = self.device
         self.client_sizes = torch.as_tensor(sizes, device=device)  # (N,)
         self._order = torch.as_tensor(order, device=device)  # client shards, concatenated
         self._offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(sizes)[:-1]]), device=device)  # (N,)
+
+    def _check_round_size(self) -> None:
+        """A round draws at most V.MAX_SAMPLES_DRAWN sample ids (M, K, B): refuse settings that would exhaust memory."""
+        largest = int(self.client_sizes.max())
+        steps = self.local_steps if self.local_epochs is None else math.ceil(self.local_epochs * largest / self.batch_size)
+        drawn = self.n_clients * steps * self.batch_size
+        if drawn > V.MAX_SAMPLES_DRAWN:
+            raise ValueError(f"a round would draw up to {drawn:.3g} samples ({self.n_clients} clients x {steps} local "
+                             f"steps x batch_size={self.batch_size}), more than {V.MAX_SAMPLES_DRAWN:.0e}; lower "
+                             f"local_steps, local_epochs or batch_size")
+
+    def _check_model_fits(self) -> None:
+        """One forward pass on a training sample: the model must take the inputs and give one logit per class."""
+        theta = self.initial_model()
+        try:
+            with torch.no_grad():
+                logits = self.model(theta, self.x_train[:1])
+        except RuntimeError as err:
+            raise ValueError(f"model {self.model} does not fit the data: inputs of shape {self.dataset.input_shape} "
+                             f"give: {str(err).splitlines()[0]}") from err
+        if tuple(logits.shape) != (1, self.dataset.n_classes):
+            raise ValueError(f"model {self.model} must give one logit per class ({self.dataset.n_classes}), "
+                             f"got outputs of shape {tuple(logits.shape[1:])}")
 
     # ----------------------------------------------------------------------------------- one round's pieces
     def steps_for(self, clients: torch.Tensor) -> torch.Tensor | None:
@@ -242,18 +316,23 @@ class Federation:
 
         on_divergence: "raise" a `DivergenceError`, or "stop" with a warning and return the rows so far
         (the history's `attrs["diverged_at"]` names the round)."""
-        _positive("rounds", rounds, integer=True)
-        _positive("eval_every", eval_every, integer=True)
-        if on_divergence not in ("raise", "stop"):
-            raise ValueError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
+        _check_algorithm(algorithm)
+        rounds = V.integer("rounds", rounds, 1)
+        eval_every = V.integer("eval_every", eval_every, 1)
+        V.choice("on_divergence", on_divergence, ("raise", "stop"))
+        if label is not None and not isinstance(label, str):
+            raise TypeError(f"label must be a string or None, got {label!r}")
         label = label or str(algorithm)
         state = self.start(algorithm)
         rows = [self._row(label, state, 0.0)]
         start = time.perf_counter()
         diverged_at = None
+        empty_rounds = 0  # rounds in which no update reached the server
         with cpu_threads(self.thread_count()):
             for t in tqdm(range(1, rounds + 1), desc=label, disable=not progress, leave=False):
+                before = state.x
                 self.train_round(state)
+                empty_rounds += state.x is before  # the aggregate ran iff it put a new tensor in state.x
                 if not torch.isfinite(state.x).all():
                     diverged_at = t
                     break
@@ -264,7 +343,12 @@ class Federation:
                         rows.pop()
                         break
         history = pd.DataFrame(rows)
+        history.attrs["empty_rounds"] = empty_rounds
         self.final_models[label] = state.x
+        if empty_rounds:
+            warnings.warn(f"{label}: no update reached the server in {empty_rounds} of {state.round} rounds (every "
+                          f"download or upload was lost, or no client took part), so the model stayed as it was",
+                          RuntimeWarning, stacklevel=2)
         if diverged_at is not None:
             report_divergence(history, f"{label} diverged at round {diverged_at}", diverged_at, self.lr, on_divergence)
         return history
@@ -275,9 +359,19 @@ class Federation:
 
     def compare(self, algorithms: Mapping[str, Algorithm] | Iterable[Algorithm], rounds: int, **run_kwargs) -> pd.DataFrame:
         """Run several algorithms on this federation (same partition, seed and batches); one long history."""
-        named = algorithms.items() if isinstance(algorithms, Mapping) else ((str(a), a) for a in algorithms)
+        named = list(algorithms.items() if isinstance(algorithms, Mapping) else ((str(a), a) for a in algorithms))
+        if not named:
+            raise ValueError("algorithms must name at least one algorithm, got none")
+        labels = [name for name, _ in named]
+        if len(set(labels)) < len(labels):
+            raise ValueError(f"algorithms must have distinct labels, got {labels}")
+        for _, algo in named:
+            _check_algorithm(algo)
         histories = [self.run(algo, rounds, label=name, **run_kwargs) for name, algo in named]
-        return pd.concat(histories, ignore_index=True)
+        history = pd.concat(histories, ignore_index=True)
+        diverged = {name: h.attrs["diverged_at"] for name, h in zip(labels, histories) if "diverged_at" in h.attrs}
+        history.attrs = {"diverged": diverged} if diverged else {}  # which runs diverged, and at which round
+        return history
 
     def __repr__(self) -> str:
         return (f"Federation({self.dataset.name}, {self.n_clients} clients, {self.model}, "

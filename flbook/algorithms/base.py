@@ -77,6 +77,7 @@ class Algorithm(ABC):
 
     name: ClassVar[str] = "Algorithm"
     batchable: ClassVar[bool] = True  # client_update is a pure tensor function that vmap can batch
+    asynchronous_only: ClassVar[bool] = False  # True: aggregate needs the asynchronous driver's staleness facts
 
     def init_server_state(self, x: torch.Tensor, n_clients: int) -> Tensors:
         """Server-side state at round 0 (e.g. momentum buffers)."""
