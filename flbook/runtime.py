@@ -36,7 +36,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ValueError(f"device={device!r} but CUDA is not available on this machine; use 'cpu'")
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
         raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if parsed.type not in ("cpu", "cuda", "mps") or (parsed.type == "mps" and not torch.backends.mps.is_available()):
+    if parsed.type not in ("cpu", "cuda", "mps", "meta") or (parsed.type == "mps" and not torch.backends.mps.is_available()):
         raise ValueError(f"device={device!r} is not available here; use 'cpu' or 'cuda'")
     return parsed
 

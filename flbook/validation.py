@@ -121,13 +121,18 @@ def index_array(name: str, value: Any, n: int) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def finite_values(name: str, values: torch.Tensor | np.ndarray) -> None:
-    """Every entry finite: else a ValueError that counts the NaN and inf entries and names the first."""
-    values = torch.as_tensor(values)
-    if not values.is_floating_point() and not values.is_complex():
+def finite_values(name: str, values: torch.Tensor | np.ndarray, chunk: int = 2**22) -> None:
+    """Every entry finite: else a ValueError that counts the NaN and inf entries and names the first.
+
+    Checked in chunks of `chunk` entries, so a large dataset costs no temporary copy of its own size."""
+    flat = torch.as_tensor(values).reshape(-1)
+    if not flat.is_floating_point():
         return
-    bad = ~torch.isfinite(values)
-    if bad.any():
-        first = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"{name} must hold only finite values, got {int(bad.sum())} NaN or inf entries "
-                         f"(the first at index {first[0] if len(first) == 1 else first}: {values[first].item()})")
+    for start in range(0, len(flat), chunk):
+        if not torch.isfinite(flat[start:start + chunk]).all():
+            bad = ~torch.isfinite(flat[start:start + chunk])
+            first = start + int(bad.nonzero()[0])
+            index = tuple(int(i) for i in np.unravel_index(first, tuple(torch.as_tensor(values).shape)))
+            count = sum(int((~torch.isfinite(flat[i:i + chunk])).sum()) for i in range(start, len(flat), chunk))
+            raise ValueError(f"{name} must hold only finite values, got {count} NaN or inf entries "
+                             f"(the first at index {index[0] if len(index) == 1 else index}: {flat[first].item()})")

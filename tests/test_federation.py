@@ -128,13 +128,13 @@ def test_divergence_is_reported_with_its_round(digits_data, skewed):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"lr": 0}, "lr must be > 0"),
+    ({"lr": 0}, "lr must be a finite number > 0, got 0"),
     ({"local_steps": 0}, "local_steps must be"),
-    ({"batch_size": 2.5}, "batch_size must be a positive integer"),
-    ({"participation": 0.0}, r"participation fraction must be in \(0, 1\]"),
-    ({"participation": 1.5}, r"participation fraction must be in \(0, 1\]"),
-    ({"clients_per_round": 0}, "clients_per_round must be >= 1"),
-    ({"weight_decay": -1}, "weight_decay must be >= 0"),
+    ({"batch_size": 2.5}, "batch_size must be an integer, got 2.5"),
+    ({"participation": 0.0}, r"participation must be in \(0, 1\], got 0.0"),
+    ({"participation": 1.5}, r"participation must be in \(0, 1\], got 1.5"),
+    ({"clients_per_round": 0}, r"clients_per_round must be an integer in \[1, 6\], got 0"),
+    ({"weight_decay": -1}, "weight_decay must be a finite number >= 0"),
     ({"model": "resnet"}, "model must be one of"),
 ])
 def test_bad_settings_are_rejected(digits_data, skewed, kwargs, message):
@@ -144,17 +144,17 @@ def test_bad_settings_are_rejected(digits_data, skewed, kwargs, message):
 
 
 def test_bad_runs_and_partitions_are_rejected(digits_data, skewed):
-    with pytest.raises(ValueError, match="clients_per_round must be <= n_clients"):
-        Federation(digits_data, skewed, "logistic", clients_per_round=7).run(FedAvg(), 1, progress=False)
+    with pytest.raises(ValueError, match=r"clients_per_round must be an integer in \[1, 6\], got 7"):
+        Federation(digits_data, skewed, "logistic", clients_per_round=7)
     with pytest.raises(ValueError, match="rounds must be"):
         Federation(digits_data, skewed, "logistic").run(FedAvg(), 0)
     with pytest.raises(ValueError, match="executor must be"):
-        Federation(digits_data, skewed, "logistic", executor="gpu").run(FedAvg(), 1)
+        Federation(digits_data, skewed, "logistic", executor="gpu")
     with pytest.raises(ValueError, match="client 1 has none"):
         Federation(digits_data, [skewed[0], np.array([], dtype=int)], "logistic")
     with pytest.raises(ValueError, match="partition is required"):
         Federation(digits_data, None, "logistic")
-    with pytest.raises(ValueError, match="mu must be >= 0"):
+    with pytest.raises(ValueError, match="mu must be a finite number >= 0"):
         FedProx(mu=-1)
 
 
