@@ -2,7 +2,8 @@
 
 Nothing sleeps. An event (a client's update arriving, say) is scheduled at a simulated time; the
 simulation pops events in time order and the clock jumps to each. Ties are broken by the order in
-which events were scheduled, so a run is deterministic given its seed.
+which events were scheduled (in `pop_until`, times equal within TOLERANCE count as ties), so a run is
+deterministic given its seed.
 """
 from __future__ import annotations
 
@@ -24,10 +25,24 @@ class Event:
     payload: Any = field(default=None, compare=False)
 
 
+def _tie_break(events: list[Event]) -> list[Event]:
+    """Time-ordered events, with each run of times equal within TOLERANCE put back in schedule order."""
+    out: list[Event] = []
+    start = 0
+    for i in range(1, len(events) + 1):
+        t0 = events[start].time if events else 0.0
+        if i == len(events) or events[i].time > t0 + TOLERANCE * max(1.0, abs(t0)):
+            out += sorted(events[start:i], key=lambda e: e.seq)
+            start = i
+    return out
+
+
 class VirtualClock:
     """An event queue in simulated time: `schedule` events, `pop` them in order; `now` is the current time."""
 
     def __init__(self, start: float = 0.0):
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or not math.isfinite(start):
+            raise ValueError(f"start must be a finite time, got {start!r}")
         self.now = float(start)
         self._queue: list[Event] = []
         self._counter = itertools.count()
@@ -57,14 +72,16 @@ class VirtualClock:
         return event
 
     def pop_until(self, time: float) -> list[Event]:
-        """Remove every event due by `time`, in order, and move the clock to `time`."""
-        if time < self.now:
+        """Remove every event due by `time`, in order, and move the clock to `time`.
+
+        Events whose times agree within TOLERANCE count as simultaneous and come in schedule order."""
+        if not time >= self.now:
             raise ValueError(f"time must be >= now={self.now}, got {time}")
         events = []
         while self.due(time):
             events.append(heapq.heappop(self._queue))
         self.now = float(time)
-        return events
+        return _tie_break(events)
 
     def __len__(self) -> int:
         return len(self._queue)
