@@ -337,7 +337,7 @@ def test_algorithms_for_the_asynchronous_driver_are_refused_by_run(digits_data, 
 def test_compare_names_the_runs_that_diverged(digits_data, skewed):
     fed = Federation(digits_data, skewed, "mlp")
     with pytest.warns(RuntimeWarning, match=r"bad diverged at round \d+"):
-        h = fed.compare({"ok": FedAvg(), "bad": FedAvg(server_lr=1e6)}, 5, progress=False,
+        h = fed.compare({"ok": FedAvg(), "bad": FedAvg(server_lr=1e20)}, 5, progress=False,
                         on_divergence="stop")
     assert list(h.attrs["diverged"]) == ["bad"] and h.attrs["diverged"]["bad"] >= 1
     with pytest.raises(ValueError, match="distinct labels"):
