@@ -159,7 +159,7 @@ def dirichlet(
             f"min_size must be in [0, {n // n_clients}] (n_samples // n_clients = {n} // {n_clients}), "
             f"got {min_size}: {n_clients} clients cannot each hold {min_size} of {n} samples"
         )
-    max_redraws = V.integer("max_redraws", max_redraws, 0)
+    max_redraws = V.integer("max_redraws", max_redraws, 0, 10_000)  # a bound, so nothing runs for hours
     rng = _rng(seed)
     class_sizes = np.bincount(classes)
     for _ in range(max_redraws + 1):
@@ -427,6 +427,8 @@ def feature_skew(
     for k, idx in enumerate(parts):
         rows = torch.as_tensor(idx, device=x.device)
         shifted[rows] = shift(x[rows], strength * k / max(n_clients - 1, 1))
+    if not torch.isfinite(shifted).all():
+        raise ValueError(f"strength={strength:g} overflows the inputs' {x.dtype} range; use a smaller strength")
     return parts, shifted
 
 
