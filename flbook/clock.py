@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import validation as V
+
 TOLERANCE = 1e-9  # times closer than this (relative to their size) count as equal: 0.1 * 3 is due at 0.3
 
 
@@ -49,8 +51,7 @@ class VirtualClock:
 
     def schedule(self, delay: float, payload: Any = None) -> Event:
         """Add an event `delay` time units from now (delay >= 0) and return it."""
-        if not delay >= 0 or not math.isfinite(delay):
-            raise ValueError(f"delay must be a finite number >= 0, got {delay}")
+        delay = V.non_negative("delay", delay)
         event = Event(self.now + float(delay), next(self._counter), payload)
         heapq.heappush(self._queue, event)
         return event

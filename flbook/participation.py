@@ -84,7 +84,10 @@ class Bernoulli:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_redraws", V.integer("max_redraws", self.max_redraws, 1))
-        p = np.asarray(self.p, dtype=float)
+        try:
+            p = np.asarray(self.p, dtype=float)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"p must be a sequence of probabilities, got {self.p!r}") from err
         if p.ndim != 1 or len(p) == 0:
             raise ValueError(f"p must be a non-empty 1-D sequence of probabilities, got shape {p.shape}")
         if not ((p > 0) & (p <= 1)).all():
