@@ -20,7 +20,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from . import validation as V
 from .algorithms.base import Tensors
+from .federation import DivergenceError
 from .runtime import cpu_threads
 
 
@@ -57,12 +59,11 @@ def wls_problem(n_clients: int = 20, dim: int = 8, samples: int = 30, heterogene
     """Synthetic federated WLS: x ~ N(0, I), y_k = X_k (w_o + heterogeneity d_k) + noise, W_k diagonal in weight_range.
 
     Each client's labels follow its own true model, so `heterogeneity` > 0 keeps local solutions away from w*."""
-    for name, value in (("n_clients", n_clients), ("dim", dim), ("samples", samples)):
-        if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if heterogeneity < 0 or noise < 0:
-        raise ValueError(f"heterogeneity and noise must be >= 0, got {heterogeneity} and {noise}")
-    low, high = weight_range
+    n_clients, dim, samples = (V.integer(k, v, 1) for k, v in (("n_clients", n_clients), ("dim", dim),
+                                                                ("samples", samples)))
+    heterogeneity, noise = V.non_negative("heterogeneity", heterogeneity), V.non_negative("noise", noise)
+    low, high = (V.finite(f"weight_range[{i}]", w) for i, w in enumerate(weight_range))
+    seed = V.seed(seed)
     if not 0 < low <= high:
         raise ValueError(f"weight_range must satisfy 0 < low <= high, got {weight_range}")
     g = torch.Generator().manual_seed(seed)
@@ -111,9 +112,8 @@ def _where(scheduled: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> tor
     return torch.where(scheduled[..., None], new, old)
 
 
-def _positive_rho(rho: float) -> None:
-    if not rho > 0:
-        raise ValueError(f"rho must be > 0, got {rho}")
+def _positive_rho(rho: float) -> float:
+    return V.positive("rho", rho)
 
 
 class WLSMethod(ABC):
@@ -145,7 +145,7 @@ class ADMMFL(WLSMethod):
     receptions = 2
 
     def __post_init__(self) -> None:
-        _positive_rho(self.rho)
+        self.rho = _positive_rho(self.rho)
 
     def init_state(self, problem: WLSProblem, w: torch.Tensor) -> Tensors:
         u = super().init_state(problem, w)["u"]
@@ -175,7 +175,7 @@ class NoiseRobustADMM(WLSMethod):
     name = "NR-ADMM"
 
     def __post_init__(self) -> None:
-        _positive_rho(self.rho)
+        self.rho = _positive_rho(self.rho)
 
     def init_state(self, problem: WLSProblem, w: torch.Tensor) -> Tensors:
         u = super().init_state(problem, w)["u"]
@@ -202,10 +202,8 @@ class FedAvgWLS(WLSMethod):
     name = "FedAvg"
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not (isinstance(self.local_steps, int) and self.local_steps >= 1):
-            raise ValueError(f"local_steps must be a positive integer, got {self.local_steps!r}")
+        self.lr = V.positive("lr", self.lr)
+        self.local_steps = V.integer("local_steps", self.local_steps, 1)
 
     def init_state(self, problem: WLSProblem, w: torch.Tensor) -> Tensors:
         return {}  # stateless: the server averages only this iteration's uploads
@@ -226,14 +224,10 @@ def simulate(method: WLSMethod, problem: WLSProblem, iterations: int, *, partici
     """MSD of the global model at iterations 0..T, averaged over `runs` independent runs, shape (T + 1,).
 
     Every method run with the same seed sees the same scheduling; the link noise has its own seeded stream."""
-    if not (isinstance(iterations, int) and iterations >= 1):
-        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
-    if not 0 < participation <= 1:
-        raise ValueError(f"participation must be in (0, 1], got {participation}")
-    if not (isinstance(runs, int) and runs >= 1):
-        raise ValueError(f"runs must be a positive integer, got {runs!r}")
-    if downlink_std < 0 or uplink_std < 0:
-        raise ValueError(f"noise standard deviations must be >= 0, got {downlink_std} and {uplink_std}")
+    iterations, runs = V.integer("iterations", iterations, 1), V.integer("runs", runs, 1)
+    participation = V.probability("participation", participation, zero=False)
+    downlink_std, uplink_std = V.non_negative("downlink_std", downlink_std), V.non_negative("uplink_std", uplink_std)
+    seed = V.seed(seed)
     schedule_seed, noise_seed = np.random.SeedSequence(seed).generate_state(2)
     schedule = torch.Generator().manual_seed(int(schedule_seed))
     links = NoisyLinks(downlink_std, uplink_std, torch.Generator().manual_seed(int(noise_seed)))
@@ -246,7 +240,17 @@ def simulate(method: WLSMethod, problem: WLSProblem, iterations: int, *, partici
             scheduled = torch.rand(runs, problem.n_clients, generator=schedule) < participation  # (R, K)
             w, state = method.iteration(problem, state, w, scheduled, links)
             curve.append(msd(w, w_star).mean())
+            if not torch.isfinite(curve[-1]):  # report where it first happens, never a NaN curve
+                raise DivergenceError(f"{method.name} diverged at iteration {len(curve) - 1} (non-finite global "
+                                      f"model): its steps are too large for this problem; {_advice(method)}")
     return torch.stack(curve)
+
+
+def _advice(method: WLSMethod) -> str:
+    """What to change when `method` diverges."""
+    if isinstance(method, FedAvgWLS):
+        return f"try a smaller lr than {method.lr:g} (stable below 2 / the largest eigenvalue of the A_k)"
+    return "try another rho"
 
 
 # ------------------------------------------------------------------------------------ closed forms (p = 1)

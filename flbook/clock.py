@@ -2,7 +2,8 @@
 
 Nothing sleeps. An event (a client's update arriving, say) is scheduled at a simulated time; the
 simulation pops events in time order and the clock jumps to each. Ties are broken by the order in
-which events were scheduled, so a run is deterministic given its seed.
+which events were scheduled (in `pop_until`, times equal within TOLERANCE count as ties), so a run is
+deterministic given its seed.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import validation as V
 
 TOLERANCE = 1e-9  # times closer than this (relative to their size) count as equal: 0.1 * 3 is due at 0.3
 
@@ -24,18 +27,31 @@ class Event:
     payload: Any = field(default=None, compare=False)
 
 
+def _tie_break(events: list[Event]) -> list[Event]:
+    """Time-ordered events, with each run of times equal within TOLERANCE put back in schedule order."""
+    out: list[Event] = []
+    start = 0
+    for i in range(1, len(events) + 1):
+        t0 = events[start].time if events else 0.0
+        if i == len(events) or events[i].time > t0 + TOLERANCE * max(1.0, abs(t0)):
+            out += sorted(events[start:i], key=lambda e: e.seq)
+            start = i
+    return out
+
+
 class VirtualClock:
     """An event queue in simulated time: `schedule` events, `pop` them in order; `now` is the current time."""
 
     def __init__(self, start: float = 0.0):
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or not math.isfinite(start):
+            raise ValueError(f"start must be a finite time, got {start!r}")
         self.now = float(start)
         self._queue: list[Event] = []
         self._counter = itertools.count()
 
     def schedule(self, delay: float, payload: Any = None) -> Event:
         """Add an event `delay` time units from now (delay >= 0) and return it."""
-        if not delay >= 0 or not math.isfinite(delay):
-            raise ValueError(f"delay must be a finite number >= 0, got {delay}")
+        delay = V.non_negative("delay", delay)
         event = Event(self.now + float(delay), next(self._counter), payload)
         heapq.heappush(self._queue, event)
         return event
@@ -57,14 +73,16 @@ class VirtualClock:
         return event
 
     def pop_until(self, time: float) -> list[Event]:
-        """Remove every event due by `time`, in order, and move the clock to `time`."""
-        if time < self.now:
+        """Remove every event due by `time`, in order, and move the clock to `time`.
+
+        Events whose times agree within TOLERANCE count as simultaneous and come in schedule order."""
+        if not time >= self.now:
             raise ValueError(f"time must be >= now={self.now}, got {time}")
         events = []
         while self.due(time):
             events.append(heapq.heappop(self._queue))
         self.now = float(time)
-        return events
+        return _tie_break(events)
 
     def __len__(self) -> int:
         return len(self._queue)

@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from . import validation as V
+
 DISTRIBUTIONS = ("constant", "linear", "uniform", "lognormal")
 
 
@@ -26,8 +28,8 @@ class Devices:
 
     def __post_init__(self) -> None:
         step, latency = np.asarray(self.step_time, float), np.asarray(self.latency, float)
-        if step.ndim != 1 or step.shape != latency.shape:
-            raise ValueError(f"step_time and latency must be 1-D of one length, got {step.shape} and {latency.shape}")
+        if step.ndim != 1 or step.shape != latency.shape or len(step) == 0:
+            raise ValueError(f"step_time and latency must be 1-D of one length >= 1, got {step.shape} and {latency.shape}")
         if not (step > 0).all() or not np.isfinite(step).all():
             raise ValueError(f"step_time must be finite and > 0 for every client, got min {step.min()}")
         if not (latency >= 0).all() or not np.isfinite(latency).all():
@@ -43,7 +45,12 @@ class Devices:
         """Simulated duration of each listed client's job of `steps` local steps: K * step_time + latency, (M,)."""
         ids = np.asarray(clients.cpu() if isinstance(clients, torch.Tensor) else clients, dtype=np.int64)
         k = np.asarray(steps.cpu() if isinstance(steps, torch.Tensor) else steps, dtype=float)
-        return k * self.step_time[ids] + self.latency[ids]
+        with np.errstate(over="ignore"):
+            times = k * self.step_time[ids] + self.latency[ids]
+        if not np.isfinite(times).all():
+            raise ValueError(f"job times overflow: steps x step_time + latency is not finite (step_time up to "
+                             f"{self.step_time.max():.3g}, latency up to {self.latency.max():.3g}); use smaller times")
+        return times
 
     def speed_spread(self, steps: int = 1) -> float:
         """Slowest over fastest job time for `steps` local steps: 1 means homogeneous devices."""
@@ -52,11 +59,10 @@ class Devices:
 
     def slowed(self, clients: Sequence[int] | np.ndarray, extra_latency: float = 0.0, factor: float = 1.0) -> "Devices":
         """A copy in which `clients` compute `factor` times slower and wait `extra_latency` longer per job."""
-        if factor <= 0:
-            raise ValueError(f"factor must be > 0, got {factor}")
-        if extra_latency < 0:
-            raise ValueError(f"extra_latency must be >= 0, got {extra_latency}")
-        ids = np.asarray(clients, dtype=np.int64)
+        factor = V.positive("factor", factor)
+        extra_latency = V.non_negative("extra_latency", extra_latency)
+        ids = V.index_array("clients", np.asarray(list(clients) if isinstance(clients, range) else clients),
+                            self.n_clients)
         step, latency = self.step_time.copy(), self.latency.copy()
         step[ids] *= factor
         latency[ids] += extra_latency
@@ -69,10 +75,9 @@ class Devices:
 
 def _multipliers(distribution: str, n: int, spread: float, rng: np.random.Generator) -> np.ndarray:
     """n time multipliers, slowest first for 'linear': the shape of a device population."""
-    if distribution in ("linear", "uniform") and not 0 <= spread < 1:
+    spread = V.non_negative("spread", spread)
+    if distribution in ("linear", "uniform") and not spread < 1:
         raise ValueError(f"spread must be in [0, 1) for the {distribution!r} distribution, got {spread}")
-    if spread < 0:
-        raise ValueError(f"spread must be >= 0, got {spread}")
     draws: dict[str, Callable[[], np.ndarray]] = {
         "constant": lambda: np.ones(n),
         "linear": lambda: 1 - spread * np.arange(n) / max(n - 1, 1),  # Fraboni et al.'s F-X: 1 ... 1 - X/100
@@ -103,17 +108,21 @@ def draw(n_clients: int, distribution: str = "lognormal", spread: float = 0.5, *
     'lognormal' exp(spread * N(0, 1)). Multipliers scale `step_time` and `latency`.
     score, correlation: with a score per client (e.g. `class_share(...)`), the slow draws go to
     high-score clients, with rank correlation about `correlation` in [-1, 1] (1: exactly by score)."""
-    if n_clients < 1:
-        raise ValueError(f"n_clients must be >= 1, got {n_clients}")
-    if not -1 <= correlation <= 1:
-        raise ValueError(f"correlation must be in [-1, 1], got {correlation}")
-    rng = np.random.default_rng(seed)
+    n_clients = V.integer("n_clients", n_clients, 1)
+    correlation = V.in_range("correlation", correlation, -1, 1)
+    step_time, latency = V.positive("step_time", step_time), V.non_negative("latency", latency)
+    V.choice("distribution", distribution, DISTRIBUTIONS)
+    V.choice("latency_distribution", latency_distribution, DISTRIBUTIONS)
+    V.non_negative("spread", spread)
+    V.non_negative("latency_spread", latency_spread)
+    rng = np.random.default_rng(V.seed(seed))
     steps = step_time * _multipliers(distribution, n_clients, spread, rng)
     links = latency * _multipliers(latency_distribution, n_clients, latency_spread, rng)
     if score is not None:
         score = np.asarray(score, dtype=float)
         if score.shape != (n_clients,):
             raise ValueError(f"score must have one value per client, shape ({n_clients},), got {score.shape}")
+        V.finite_values("score", score)
         # one shared ordering: a device that computes slowly also sits behind the slower link
         ranks = _ranks(score, correlation, rng)
         steps, links = np.sort(steps)[ranks], np.sort(links)[ranks]

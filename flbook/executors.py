@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import validation as V
 from .algorithms.base import Algorithm, Batches, LocalContext, Tensors
 
 
@@ -123,10 +124,8 @@ class BatchedExecutor:
     name = "batched"
 
     def __init__(self, chunk_size: int | None = None, memory_budget: int | None = None):
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1 or None (automatic), got {chunk_size}")
-        self.chunk_size = chunk_size
-        self.memory_budget = memory_budget
+        self.chunk_size = None if chunk_size is None else V.integer("chunk_size", chunk_size, 1)
+        self.memory_budget = None if memory_budget is None else V.integer("memory_budget", memory_budget, 1)  # bytes
 
     def chunk_for(self, cohort: Cohort, ctx: LocalContext) -> int:
         """Clients per chunk: the user's choice, else as many as fit the memory budget.

@@ -8,22 +8,26 @@ same initial model, the same sampled clients and the same minibatches (all drawn
 from __future__ import annotations
 
 import math
+import numbers
+import os
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import validation as V
 from .algorithms.base import Algorithm, LocalContext, RoundInfo, Tensors
 from .attacks import Adversary
 from .channel import Channel, delivered
+from .data import Dataset
 from .executors import BatchedExecutor, Cohort, LoopExecutor
 from .history import row as history_row
-from .models import FlatModel, make_model
+from .models import MODELS, FlatModel, make_model
 from .participation import Participation, Uniform
 from .runtime import cpu_threads, resolve_device
 
@@ -32,11 +36,25 @@ class DivergenceError(RuntimeError):
     """Training produced non-finite parameters or loss."""
 
 
-def _positive(name: str, value: float, integer: bool = False) -> None:
-    if integer and (not isinstance(value, (int, np.integer)) or isinstance(value, bool)):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+EXECUTORS = ("auto", "loop", "batched")
+
+
+def _participation(participation: float | Participation, clients_per_round: int | None, n_clients: int) -> Participation:
+    """The participation model the arguments describe, checked against the number of clients now, not at run time."""
+    if clients_per_round is not None:
+        if not (isinstance(participation, numbers.Real) and participation == 1.0):
+            raise ValueError(f"give participation or clients_per_round, not both; got participation={participation!r} "
+                             f"and clients_per_round={clients_per_round!r}")
+        model: Participation = Uniform(count=V.integer("clients_per_round", clients_per_round, 1, n_clients))
+    elif isinstance(participation, numbers.Real) and not isinstance(participation, bool):
+        model = Uniform(fraction=V.probability("participation", participation, zero=False))
+    elif callable(getattr(participation, "sample", None)) and callable(getattr(participation, "probabilities", None)):
+        model = participation
+    else:
+        raise TypeError(f"participation must be a fraction in (0, 1] or a participation model such as Bernoulli, "
+                        f"got {participation!r}")
+    model.probabilities(n_clients)  # raises when the model does not fit n_clients
+    return model
 
 
 class ClientStates:
@@ -103,8 +121,11 @@ class RunState:
 
 
 def report_divergence(history: pd.DataFrame, what: str, at: int, lr: float, on_divergence: str) -> None:
-    """Raise a `DivergenceError`, or (on_divergence="stop") warn and mark `history.attrs["diverged_at"]`."""
-    message = f"{what} (non-finite parameters or loss); try a smaller learning rate than lr={lr}"
+    """Raise a `DivergenceError`, or (on_divergence="stop") warn and mark `history.attrs["diverged_at"]`.
+
+    Data and hyperparameters are checked finite where they are given, so what is left is a step too large."""
+    message = (f"{what} (non-finite parameters or loss): the steps are too large; try a smaller learning rate "
+               f"than lr={lr} (or a smaller server step)")
     if on_divergence == "raise":
         raise DivergenceError(message)
     warnings.warn(message, RuntimeWarning, stacklevel=3)
@@ -122,6 +143,43 @@ def report_empty_rounds(history: pd.DataFrame, label: str, empty: int, rounds: i
                       stacklevel=3)
 
 
+def _check_algorithm(algorithm: Algorithm) -> None:
+    """An Algorithm that this synchronous loop can run (some need the asynchronous driver's facts)."""
+    if not isinstance(algorithm, Algorithm):
+        raise TypeError(f"algorithm must be a flbook Algorithm such as FedAvg(), got {algorithm!r}")
+    if algorithm.asynchronous_only:
+        raise ValueError(f"{algorithm.name} needs the asynchronous driver: run it with AsyncFederation(federation, "
+                         f"devices).run(...)")
+
+
+def check_run(rounds: int, eval_every: int, on_divergence: str, label: str | None, default: str) -> tuple[int, int, str]:
+    """A round loop's arguments, checked: (rounds, eval_every, the run's label)."""
+    rounds = V.integer("rounds", rounds, 1)
+    eval_every = V.integer("eval_every", eval_every, 1)
+    V.choice("on_divergence", on_divergence, ("raise", "stop"))
+    if label is not None and not isinstance(label, str):
+        raise TypeError(f"label must be a string or None, got {label!r}")
+    return rounds, eval_every, label or default
+
+
+def train_rounds(label: str, rounds: int, eval_every: int, progress: bool, step: Callable[[], None],
+                 params: Callable[[], torch.Tensor], row: Callable[[float], dict]) -> tuple[list[dict], int | None]:
+    """The synchronous loop of a run: `rounds` calls of `step`, a history `row(seconds)` at round 0, every
+    `eval_every` rounds and after the last; it stops at the first non-finite parameter or loss.
+
+    Returns the rows and the round at which the run diverged (None if it did not)."""
+    rows, start = [row(0.0)], time.perf_counter()
+    for t in tqdm(range(1, rounds + 1), desc=label, disable=not progress, leave=False):
+        step()
+        if not torch.isfinite(params()).all():
+            return rows, t
+        if t % eval_every == 0 or t == rounds:
+            rows.append(row(time.perf_counter() - start))
+            if not math.isfinite(rows[-1]["test_loss"]):
+                return rows[:-1], t
+    return rows, None
+
+
 class Federation:
     """A federated task: data split over clients, a model, local-training settings and a round loop."""
 
@@ -131,50 +189,94 @@ class Federation:
                  clients_per_round: int | None = None, seed: int = 0, device: str | torch.device | None = None,
                  executor: str | LoopExecutor | BatchedExecutor = "auto", channel: Channel | None = None,
                  threads: int | str | None = "auto"):
-        _positive("local_steps", local_steps, integer=True)
-        _positive("batch_size", batch_size, integer=True)
-        _positive("lr", lr)
-        if local_epochs is not None:
-            _positive("local_epochs", local_epochs)
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if not isinstance(dataset, Dataset):
+            raise TypeError(f"dataset must be a flbook.data.Dataset (e.g. load('digits')), got {type(dataset).__name__}")
+        local_steps = V.integer("local_steps", local_steps, 1)
+        batch_size = V.integer("batch_size", batch_size, 1)
+        lr = V.positive("lr", lr)
+        local_epochs = None if local_epochs is None else V.positive("local_epochs", local_epochs)
+        weight_decay = V.non_negative("weight_decay", weight_decay)
+        seed = V.seed(seed)
+        if threads not in ("auto", None):
+            threads = V.integer("threads", threads, 1, os.cpu_count() or 1)
+        if isinstance(executor, str):
+            V.choice("executor", executor, EXECUTORS)
+        elif not callable(executor):
+            raise TypeError(f"executor must be one of {EXECUTORS} or an executor object, got {executor!r}")
+        if channel is not None and not isinstance(channel, Channel):
+            raise TypeError(f"channel must be a flbook.channel.Channel or None, got {type(channel).__name__}")
         self.device = resolve_device(device)
         self.dataset = dataset
         parts = dataset.client_indices if partition is None else partition
         if parts is None:
             raise ValueError(f"partition is required: dataset {dataset.name!r} has no natural client split")
         self._set_partition(parts, len(dataset.y_train))
-        self.model = (make_model(model, dataset.input_shape, dataset.n_classes) if isinstance(model, str)
-                      else model).to(self.device)
+        if len(dataset.y_test) == 0:
+            raise ValueError(f"dataset {dataset.name!r} has no test samples to evaluate on")
+        if isinstance(model, str):
+            model = make_model(model, dataset.input_shape, dataset.n_classes)
+        elif not isinstance(model, FlatModel):
+            raise TypeError(f"model must be one of {MODELS} or a FlatModel, got {type(model).__name__}")
+        self.model = model.to(self.device)
         self.local_steps, self.local_epochs, self.batch_size = local_steps, local_epochs, batch_size
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
-        self.participation = (participation if not isinstance(participation, (int, float))
-                              else Uniform(fraction=None if clients_per_round else participation, count=clients_per_round))
+        self.participation = _participation(participation, clients_per_round, self.n_clients)
         self.channel = channel or Channel()
         self.executor_choice = executor
         self.final_models: dict[str, torch.Tensor] = {}  # label -> parameters after its last run
         self.threads = threads
+        self._check_round_size()
         # Data moves to the device once; rounds only index these tensors.
         self.x_train = dataset.x_train.to(self.device)
         self.y_train = dataset.y_train.to(self.device)
         self.x_test = dataset.x_test.to(self.device)
         self.y_test = dataset.y_test.to(self.device)
+        self._check_model_fits()
 
     def _set_partition(self, parts: Sequence[np.ndarray], n_samples: int) -> None:
-        sizes = np.array([len(p) for p in parts])
+        """Check the partition once: integer indices in range, no empty client, no sample held twice."""
+        parts = [V.index_array(f"partition[{k}]", p, n_samples) for k, p in enumerate(parts)]
         if len(parts) == 0:
             raise ValueError("partition must hold at least one client")
+        sizes = np.array([len(p) for p in parts])
         if (sizes == 0).any():
             raise ValueError(f"every client needs at least one sample; client {int(np.argmin(sizes))} has none")
-        order = np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
-        if order.min() < 0 or order.max() >= n_samples:
-            raise ValueError(f"partition indices must lie in [0, {n_samples}), the training set's size")
-        self.partition = [np.asarray(p, dtype=np.int64) for p in parts]
+        order = np.concatenate(parts)
+        held = np.bincount(order, minlength=n_samples)
+        if (held > 1).any():
+            sample = int(np.argmax(held > 1))
+            owners = [k for k, p in enumerate(parts) if (p == sample).any()]
+            raise ValueError(f"partition must hold each sample at most once; sample {sample} is held "
+                             f"{int(held[sample])} times, by clients {owners}")
+        self.partition = parts
         self.n_clients = len(parts)
         device = self.device
         self.client_sizes = torch.as_tensor(sizes, device=device)  # (N,)
         self._order = torch.as_tensor(order, device=device)  # client shards, concatenated
         self._offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(sizes)[:-1]]), device=device)  # (N,)
+
+    def _check_round_size(self) -> None:
+        """A round draws at most V.MAX_SAMPLES_DRAWN sample ids (M, K, B): refuse settings that would exhaust memory."""
+        largest = int(self.client_sizes.max())
+        steps = self.local_steps if self.local_epochs is None else math.ceil(self.local_epochs * largest / self.batch_size)
+        drawn = self.n_clients * steps * self.batch_size
+        if drawn > V.MAX_SAMPLES_DRAWN:
+            raise ValueError(f"a round would draw up to {drawn:.3g} samples ({self.n_clients} clients x {steps} local "
+                             f"steps x batch_size={self.batch_size}), more than {V.MAX_SAMPLES_DRAWN:.0e}; lower "
+                             f"local_steps, local_epochs or batch_size")
+
+    def _check_model_fits(self) -> None:
+        """One forward pass on a training sample: the model must take the inputs and give one logit per class."""
+        theta = self.initial_model()
+        try:
+            with torch.no_grad():
+                logits = self.model(theta, self.x_train[:1])
+        except RuntimeError as err:
+            raise ValueError(f"model {self.model} does not fit the data: inputs of shape {self.dataset.input_shape} "
+                             f"give: {str(err).splitlines()[0]}") from err
+        if tuple(logits.shape) != (1, self.dataset.n_classes):
+            raise ValueError(f"model {self.model} must give one logit per class ({self.dataset.n_classes}), "
+                             f"got outputs of shape {tuple(logits.shape[1:])}")
 
     # ----------------------------------------------------------------------------------- one round's pieces
     def steps_for(self, clients: torch.Tensor) -> torch.Tensor | None:
@@ -359,27 +461,12 @@ class Federation:
 
         on_divergence: "raise" a `DivergenceError`, or "stop" with a warning and return the rows so far
         (the history's `attrs["diverged_at"]` names the round)."""
-        _positive("rounds", rounds, integer=True)
-        _positive("eval_every", eval_every, integer=True)
-        if on_divergence not in ("raise", "stop"):
-            raise ValueError(f"on_divergence must be 'raise' or 'stop', got {on_divergence!r}")
-        label = label or str(algorithm)
+        _check_algorithm(algorithm)
+        rounds, eval_every, label = check_run(rounds, eval_every, on_divergence, label, str(algorithm))
         state = self.start(algorithm, channel, adversary)
-        rows = [self._row(label, state, 0.0)]
-        start = time.perf_counter()
-        diverged_at = None
         with cpu_threads(self.thread_count()):
-            for t in tqdm(range(1, rounds + 1), desc=label, disable=not progress, leave=False):
-                self.train_round(state)
-                if not torch.isfinite(state.x).all():
-                    diverged_at = t
-                    break
-                if t % eval_every == 0 or t == rounds:
-                    rows.append(self._row(label, state, time.perf_counter() - start))
-                    if not math.isfinite(rows[-1]["test_loss"]):
-                        diverged_at = t
-                        rows.pop()
-                        break
+            rows, diverged_at = train_rounds(label, rounds, eval_every, progress, lambda: self.train_round(state),
+                                             lambda: state.x, lambda seconds: self._row(label, state, seconds))
         history = pd.DataFrame(rows)
         self.final_models[label] = state.x
         if adversary is not None:
@@ -396,13 +483,23 @@ class Federation:
                 rounds: int, **run_kwargs) -> pd.DataFrame:
         """Run several algorithms on this federation (same partition, seed and batches); one long history.
 
-        A value may be an (algorithm, channel) pair, to compare one algorithm over several channels."""
-        named = algorithms.items() if isinstance(algorithms, Mapping) else ((str(a), a) for a in algorithms)
-        histories = []
-        for name, entry in named:
-            algorithm, channel = entry if isinstance(entry, tuple) else (entry, None)
-            histories.append(self.run(algorithm, rounds, channel=channel, label=name, **run_kwargs))
-        return pd.concat(histories, ignore_index=True)
+        A value may be an (algorithm, channel) pair, to compare one algorithm over several channels.
+        `history.attrs["diverged"]` names the runs that diverged, with their rounds."""
+        named = list(algorithms.items() if isinstance(algorithms, Mapping) else ((str(a), a) for a in algorithms))
+        if not named:
+            raise ValueError("algorithms must name at least one algorithm, got none")
+        labels = [name for name, _ in named]
+        if len(set(labels)) < len(labels):
+            raise ValueError(f"algorithms must have distinct labels, got {labels}")
+        runs = [entry if isinstance(entry, tuple) else (entry, None) for _, entry in named]  # (algorithm, channel)
+        for algorithm, _ in runs:
+            _check_algorithm(algorithm)
+        histories = [self.run(algorithm, rounds, channel=channel, label=name, **run_kwargs)
+                     for name, (algorithm, channel) in zip(labels, runs)]
+        history = pd.concat(histories, ignore_index=True)
+        diverged = {name: h.attrs["diverged_at"] for name, h in zip(labels, histories) if "diverged_at" in h.attrs}
+        history.attrs = {"diverged": diverged} if diverged else {}  # which runs diverged, and at which round
+        return history
 
     def __repr__(self) -> str:
         return (f"Federation({self.dataset.name}, {self.n_clients} clients, {self.model}, "

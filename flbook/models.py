@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from . import validation as V
+
 
 class FlatModel:
     """A module's architecture plus the map between its named parameters and one flat vector."""
@@ -73,12 +75,14 @@ class FlatModel:
 
 def logistic(n_features: int, n_classes: int) -> FlatModel:
     """Multinomial logistic regression: softmax(W x + b), a convex baseline."""
+    n_features, n_classes = V.integer("n_features", n_features, 1), V.integer("n_classes", n_classes, 1)
     return FlatModel(nn.Sequential(nn.Flatten(), nn.Linear(n_features, n_classes)), "logistic")
 
 
 def mlp(n_features: int, n_classes: int, hidden: tuple[int, ...] = (200, 200)) -> FlatModel:
     """A ReLU multilayer perceptron (McMahan et al.'s 2NN is hidden=(200, 200) on MNIST)."""
-    if not hidden or any(h < 1 for h in hidden):
+    n_features, n_classes = V.integer("n_features", n_features, 1), V.integer("n_classes", n_classes, 1)
+    if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
         raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {hidden}")
     layers: list[nn.Module] = [nn.Flatten()]
     widths = (n_features, *hidden)
@@ -95,6 +99,9 @@ def cnn(input_shape: tuple[int, ...], n_classes: int, channels: tuple[int, int] 
     if len(input_shape) != 3:
         raise ValueError(f"cnn needs image inputs of shape (C, H, W), got input_shape={input_shape}")
     c_in, height, width = input_shape
+    n_classes = V.integer("n_classes", n_classes, 1)
+    if height < 4 or width < 4:
+        raise ValueError(f"cnn needs images of at least 4x4 pixels (two 2x2 poolings), got input_shape={input_shape}")
     c1, c2 = channels
     body = nn.Sequential(
         nn.Conv2d(c_in, c1, 3, padding=1), nn.GroupNorm(groups, c1), nn.ReLU(), nn.MaxPool2d(2),  # (c1, H/2, W/2)

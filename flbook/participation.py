@@ -16,6 +16,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from . import validation as V
+
 
 class Participation(Protocol):
     """A participation model: which clients report in round `round` (sorted ids), and how likely each is to."""
@@ -34,10 +36,11 @@ class Uniform:
 
     def __post_init__(self) -> None:
         if self.count is not None:
-            if self.count < 1:
-                raise ValueError(f"clients_per_round must be >= 1, got {self.count}")
-        elif self.fraction is None or not 0 < self.fraction <= 1:
-            raise ValueError(f"participation fraction must be in (0, 1], got {self.fraction}")
+            object.__setattr__(self, "count", V.integer("clients_per_round", self.count, 1))
+        elif self.fraction is None:
+            raise ValueError("give a participation fraction in (0, 1] or a count, got neither")
+        else:
+            object.__setattr__(self, "fraction", V.probability("participation fraction", self.fraction, zero=False))
 
     def cohort_size(self, n_clients: int) -> int:
         if self.count is not None:
@@ -71,9 +74,14 @@ class Bernoulli:
     """
 
     p: tuple[float, ...]
+    max_redraws: int = 10_000  # empty draws tolerated in a row before giving up (a bound, so nothing hangs)
 
     def __post_init__(self) -> None:
-        p = np.asarray(self.p, dtype=float)
+        object.__setattr__(self, "max_redraws", V.integer("max_redraws", self.max_redraws, 1))
+        try:
+            p = np.asarray(self.p, dtype=float)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"p must be a sequence of probabilities, got {self.p!r}") from err
         if p.ndim != 1 or len(p) == 0:
             raise ValueError(f"p must be a non-empty 1-D sequence of probabilities, got shape {p.shape}")
         if not ((p > 0) & (p <= 1)).all():
@@ -89,10 +97,12 @@ class Bernoulli:
     def sample(self, round: int, n_clients: int, rng: np.random.Generator) -> np.ndarray:
         """Each client flips its own coin; an empty round is drawn again."""
         p = self._check(n_clients)
-        while True:
+        for _ in range(self.max_redraws):
             ids = np.flatnonzero(rng.random(n_clients) < p)  # sorted
             if len(ids):
                 return ids
+        raise ValueError(f"no client took part in {self.max_redraws} draws: with p in [{p.min():.3g}, {p.max():.3g}] "
+                         f"a round is empty with probability {np.prod(1 - p):.6g}; raise p")
 
     def probabilities(self, n_clients: int) -> np.ndarray:
         """P(client k takes part in a round), empty rounds excluded: p_k / (1 - prod_j (1 - p_j)), shape (N,)."""
@@ -104,10 +114,9 @@ def two_groups(n_clients: int, rate: float, gap: float) -> Bernoulli:
     """Frequent and rare clients: the first half takes part with probability rate + gap/2, the rest rate - gap/2.
 
     gap = 0 is homogeneous Bernoulli(rate) participation; FedStale's (1.0, 0.1) groups are rate 0.55, gap 0.9."""
-    if n_clients < 1:
-        raise ValueError(f"n_clients must be >= 1, got {n_clients}")
-    if not 0 < rate <= 1:
-        raise ValueError(f"rate must be in (0, 1], got {rate}")
+    n_clients = V.integer("n_clients", n_clients, 1)
+    rate = V.probability("rate", rate, zero=False)
+    gap = V.finite("gap", gap)
     high, low = rate + gap / 2, rate - gap / 2
     if not (gap >= 0 and low > 0 and high <= 1 + 1e-12):  # the tolerance absorbs rounding, e.g. 0.55 + 0.9/2
         raise ValueError(f"gap must be >= 0, below 2 * rate = {2 * rate:.3g} and at most 2 * (1 - rate) = "
@@ -124,8 +133,6 @@ def data_correlated(score: Sequence[float] | np.ndarray, rate: float, strength: 
     score = np.asarray(score, dtype=float)
     if score.ndim != 1 or len(score) == 0 or not ((score >= 0) & (score <= 1)).all():
         raise ValueError(f"score must be a non-empty 1-D sequence of values in [0, 1], got {score}")
-    if not 0 < rate <= 1:
-        raise ValueError(f"rate must be in (0, 1], got {rate}")
-    if not 0 <= strength < 1:
-        raise ValueError(f"strength must be in [0, 1), got {strength}")
+    rate = V.probability("rate", rate, zero=False)
+    strength = V.in_range("strength", strength, 0, 1, hi_inclusive=False)
     return Bernoulli(tuple(rate * (1 - strength * score)))

@@ -23,8 +23,22 @@ def default_device() -> torch.device:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`None` means `default_device()`; anything else is parsed as a torch device."""
-    return default_device() if device is None else torch.device(device)
+    """`None` means `default_device()`; else a device name such as 'cpu' or 'cuda:0' that this machine has."""
+    if device is None:
+        return default_device()
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a device name such as 'cpu' or 'cuda:0', or None, got {device!r}")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda:0', got {device!r}") from err
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available on this machine; use 'cpu'")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if parsed.type not in ("cpu", "cuda", "mps", "meta") or (parsed.type == "mps" and not torch.backends.mps.is_available()):
+        raise ValueError(f"device={device!r} is not available here; use 'cpu' or 'cuda'")
+    return parsed
 
 
 @contextlib.contextmanager

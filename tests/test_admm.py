@@ -143,11 +143,11 @@ def test_same_seed_same_curve(problem):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda p: simulate(ADMMFL(), p, 0), r"iterations must be a positive integer, got 0"),
+    (lambda p: simulate(ADMMFL(), p, 0), r"iterations must be an integer >= 1, got 0"),
     (lambda p: simulate(ADMMFL(), p, 5, participation=0), r"participation must be in \(0, 1\], got 0"),
-    (lambda p: simulate(ADMMFL(), p, 5, uplink_std=-1), r"noise standard deviations must be >= 0"),
-    (lambda p: simulate(ADMMFL(), p, 5, runs=0), r"runs must be a positive integer, got 0"),
-    (lambda p: wls_problem(n_clients=0), r"n_clients must be a positive integer, got 0"),
+    (lambda p: simulate(ADMMFL(), p, 5, uplink_std=-1), r"_std must be a finite number >= 0"),
+    (lambda p: simulate(ADMMFL(), p, 5, runs=0), r"runs must be an integer >= 1, got 0"),
+    (lambda p: wls_problem(n_clients=0), r"n_clients must be an integer >= 1, got 0"),
     (lambda p: wls_problem(weight_range=(0, 1)), r"weight_range must satisfy 0 < low <= high"),
 ])
 def test_bad_arguments_name_the_parameter(problem, call, message):
@@ -156,11 +156,21 @@ def test_bad_arguments_name_the_parameter(problem, call, message):
 
 
 @pytest.mark.parametrize("build, message", [
-    (lambda: ADMMFL(rho=0), r"rho must be > 0, got 0"),
-    (lambda: NoiseRobustADMM(rho=-1), r"rho must be > 0, got -1"),
-    (lambda: FedAvgWLS(lr=0), r"lr must be > 0, got 0"),
-    (lambda: FedAvgWLS(local_steps=0), r"local_steps must be a positive integer, got 0"),
+    (lambda: ADMMFL(rho=0), r"rho must be a finite number > 0, got 0"),
+    (lambda: NoiseRobustADMM(rho=-1), r"rho must be a finite number > 0, got -1"),
+    (lambda: FedAvgWLS(lr=0), r"lr must be a finite number > 0, got 0"),
+    (lambda: FedAvgWLS(local_steps=0), r"local_steps must be an integer >= 1, got 0"),
+    (lambda: ADMMFL(rho=float("inf")), r"rho must be a finite number > 0, got inf"),
+    (lambda: FedAvgWLS(lr=float("inf")), r"lr must be a finite number > 0, got inf"),
 ])
 def test_bad_hyperparameters_name_the_parameter(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_divergence_is_reported_with_its_iteration_instead_of_a_nan_curve():
+    from flbook.admm import compare
+    from flbook.federation import DivergenceError
+
+    with pytest.raises(DivergenceError, match=r"FedAvg diverged at iteration \d+ .*smaller lr than 1"):
+        compare({"FedAvg": FedAvgWLS(lr=1.0)}, wls_problem(), 50, [0.0])

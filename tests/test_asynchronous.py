@@ -139,7 +139,7 @@ def test_bad_arguments(fed):
     runner = AsyncFederation(fed, linear(M, 0.5))
     with pytest.raises(ValueError, match="until must be a finite number > 0"):
         runner.run(FedAvg(), 0.0)
-    with pytest.raises(ValueError, match="period must be > 0"):
+    with pytest.raises(ValueError, match="period must be a finite number > 0"):
         FedFix(period=0.0)
     with pytest.raises(ValueError, match="policy must be one of"):
         AsyncFedAvg(policy="fair")

@@ -94,3 +94,33 @@ def test_devices_validate_their_arrays():
         devices.Devices(np.array([1.0, 0.0]), np.zeros(2))
     with pytest.raises(ValueError, match="one length"):
         devices.Devices(np.ones(2), np.zeros(3))
+
+
+def test_events_within_tolerance_pop_in_schedule_order():
+    clock = VirtualClock()
+    for i in range(3):
+        clock.schedule(0.1 * 3, i)  # 0.30000000000000004
+    clock.schedule(0.3, "x")
+    assert [e.payload for e in clock.pop_until(0.3)] == [0, 1, 2, "x"]
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: VirtualClock(start=float("nan")), ValueError, "start must be a finite time"),
+    (lambda: devices.draw(2.5), ValueError, "n_clients must be an integer, got 2.5"),
+    (lambda: devices.draw(5, spread=float("nan")), ValueError, "spread must be a finite number >= 0, got nan"),
+    (lambda: devices.draw(5, score=[float("nan")] * 5, correlation=1.0), ValueError, "score must hold only finite"),
+    (lambda: devices.draw(5, step_time=float("inf")), ValueError, "step_time must be a finite number > 0"),
+    (lambda: devices.linear(5, 0.5).slowed([0], factor=float("nan")), ValueError, "factor must be a finite number"),
+    (lambda: devices.linear(5, 0.5).slowed([0], extra_latency=float("inf")), ValueError, "extra_latency .* got inf"),
+    (lambda: devices.linear(5, 0.5).slowed([7]), ValueError, r"clients must hold indices in \[0, 5\)"),
+    (lambda: devices.Devices(np.array([]), np.array([])), ValueError, "one length >= 1"),
+    (lambda: devices.Devices(np.full(3, 1e308), np.zeros(3)).job_time([0], 10), ValueError, "job times overflow"),
+])
+def test_device_and_clock_arguments_name_the_parameter(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_slowed_takes_a_range():
+    slow = devices.linear(4, 0.5).slowed(range(2), extra_latency=1.0)
+    assert slow.latency.tolist() == [1.0, 1.0, 0.0, 0.0]

@@ -132,9 +132,9 @@ def test_bad_settings_are_rejected():
         TopK()
     with pytest.raises(ValueError, match="fraction must be in"):
         TopK(1.5)
-    with pytest.raises(ValueError, match="bits must be in"):
+    with pytest.raises(ValueError, match=r"bits must be an integer in \[2, 16\]"):
         Uniform(1)
-    with pytest.raises(ValueError, match="clusters must be in"):
+    with pytest.raises(ValueError, match=r"clusters must be an integer in \[2, 256\]"):
         KMeans(1)
     with pytest.raises(ValueError, match="positions must be one of"):
         Compressor(positions="zip")
@@ -290,3 +290,40 @@ def test_error_feedback_in_a_federation_keeps_each_senders_residual(digits_data)
     assert not torch.equal(fed.final_models["ef"], fed.final_models["plain"])
     dense = 4 * 3 * fed.model.n_params * 4  # 4 rounds x 3 senders x float32 parameters
     assert with_memory.bytes_up.iloc[-1] < dense / 5 and without.bytes_up.iloc[-1] < dense / 5
+
+
+def test_direct_calls_refuse_non_finite_messages_instead_of_zeroing_them():
+    from flbook.channel import fedzip, kmeans, uniform
+
+    row = torch.tensor([[1.0, float("nan"), 2.0, 0.5]])
+    for compressor in (kmeans(2), fedzip(0.5, 3), uniform(2)):
+        with pytest.raises(ValueError, match="must hold only finite values, got 1 NaN"):
+            compressor(row)
+
+
+def test_qsgd_of_huge_but_finite_values_stays_finite():
+    from flbook.channel import qsgd
+
+    decoded, _ = qsgd(4)(torch.randn(1, 100, generator=torch.Generator().manual_seed(0)) * 1e37,
+                         torch.Generator().manual_seed(0))
+    assert torch.isfinite(decoded).all()
+
+
+def test_empty_layers_pass_through():
+    from flbook.channel import top_k, uniform
+
+    for compressor in (top_k(1.0), uniform(8)):
+        decoded, bits = compressor(torch.zeros(2, 0))
+        assert decoded.shape == (2, 0) and bits.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: TopK(k=2.5), "k must be an integer, got 2.5"),
+    (lambda: Uniform(bits=2.5), "bits must be an integer, got 2.5"),
+    (lambda: KMeans(clusters=2.5), "clusters must be an integer, got 2.5"),
+    (lambda: QSGD(levels=float("nan")), "levels must be an integer, got nan"),
+    (lambda: TopK(fraction=float("nan")), r"fraction must be in \(0, 1\], got nan"),
+])
+def test_fractional_counts_are_rejected_at_construction(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

@@ -365,3 +365,35 @@ def test_data_root_prefers_argument_then_environment(monkeypatch, tmp_path):
     assert data_root("elsewhere") == Path("elsewhere")
     monkeypatch.delenv("FLBOOK_DATA")
     assert data_root().name == "data"
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: synthetic(alpha=float("nan")), ValueError, "alpha must be a finite number >= 0, got nan"),
+    (lambda: synthetic(beta=float("inf")), ValueError, "beta must be a finite number >= 0, got inf"),
+    (lambda: synthetic(n_clients=2.5), ValueError, "n_clients must be an integer, got 2.5"),
+    (lambda: load("digits", seed=-1), ValueError, r"seed must be an integer in \[0, 4294967295\], got -1"),
+    (lambda: load("digits", device="tpu"), ValueError, "device must name a torch device"),
+    (lambda: load("digits", device=3), TypeError, "device must be a device name"),
+    (lambda: mnist1d(n_samples=100.5), ValueError, "n_samples must be an integer"),
+])
+def test_loaders_name_the_bad_parameter(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_cpu_machine_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA is not available on this machine"):
+        load("digits", device="cuda")
+
+
+def test_synthetic_at_scale_costs_about_its_data():
+    """10,000 clients used to peak at 4.6 GB for 0.8 GB of data: now the float32 outputs are written in place."""
+    import tracemalloc
+
+    tracemalloc.start()
+    data = synthetic(n_clients=2000, n_features=10, seed=1)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    made = sum(t.numel() * t.element_size() for t in (data.x_train, data.y_train, data.x_test, data.y_test))
+    assert peak < 2.5 * made

@@ -128,13 +128,13 @@ def test_divergence_is_reported_with_its_round(digits_data, skewed):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"lr": 0}, "lr must be > 0"),
+    ({"lr": 0}, "lr must be a finite number > 0, got 0"),
     ({"local_steps": 0}, "local_steps must be"),
-    ({"batch_size": 2.5}, "batch_size must be a positive integer"),
-    ({"participation": 0.0}, r"participation fraction must be in \(0, 1\]"),
-    ({"participation": 1.5}, r"participation fraction must be in \(0, 1\]"),
-    ({"clients_per_round": 0}, "clients_per_round must be >= 1"),
-    ({"weight_decay": -1}, "weight_decay must be >= 0"),
+    ({"batch_size": 2.5}, "batch_size must be an integer, got 2.5"),
+    ({"participation": 0.0}, r"participation must be in \(0, 1\], got 0.0"),
+    ({"participation": 1.5}, r"participation must be in \(0, 1\], got 1.5"),
+    ({"clients_per_round": 0}, r"clients_per_round must be an integer in \[1, 6\], got 0"),
+    ({"weight_decay": -1}, "weight_decay must be a finite number >= 0"),
     ({"model": "resnet"}, "model must be one of"),
 ])
 def test_bad_settings_are_rejected(digits_data, skewed, kwargs, message):
@@ -144,17 +144,17 @@ def test_bad_settings_are_rejected(digits_data, skewed, kwargs, message):
 
 
 def test_bad_runs_and_partitions_are_rejected(digits_data, skewed):
-    with pytest.raises(ValueError, match="clients_per_round must be <= n_clients"):
-        Federation(digits_data, skewed, "logistic", clients_per_round=7).run(FedAvg(), 1, progress=False)
+    with pytest.raises(ValueError, match=r"clients_per_round must be an integer in \[1, 6\], got 7"):
+        Federation(digits_data, skewed, "logistic", clients_per_round=7)
     with pytest.raises(ValueError, match="rounds must be"):
         Federation(digits_data, skewed, "logistic").run(FedAvg(), 0)
     with pytest.raises(ValueError, match="executor must be"):
-        Federation(digits_data, skewed, "logistic", executor="gpu").run(FedAvg(), 1)
+        Federation(digits_data, skewed, "logistic", executor="gpu")
     with pytest.raises(ValueError, match="client 1 has none"):
         Federation(digits_data, [skewed[0], np.array([], dtype=int)], "logistic")
     with pytest.raises(ValueError, match="partition is required"):
         Federation(digits_data, None, "logistic")
-    with pytest.raises(ValueError, match="mu must be >= 0"):
+    with pytest.raises(ValueError, match="mu must be a finite number >= 0"):
         FedProx(mu=-1)
 
 
@@ -184,6 +184,161 @@ def test_a_round_where_nothing_arrives_keeps_the_model(digits_data, skewed):
     from flbook.channel import NoisyChannel
 
     fed = Federation(digits_data, skewed, "logistic", channel=NoisyChannel(drop_prob=1.0, links="up"))
-    hist = fed.run(FedAvg(), 2, progress=False)
+    with pytest.warns(RuntimeWarning, match="no update reached the server in 2 of 2 rounds"):
+        hist = fed.run(FedAvg(), 2, progress=False)
+    assert hist.attrs["empty_rounds"] == 2
     assert torch.equal(fed.final_models["FedAvg"], fed.initial_model())
     assert hist.bytes_up.iloc[-1] == 2 * 6 * fed.model.n_params * 4  # lost messages were still sent
+
+
+# --- bad input: a clear error where the value is given ------------------------------------------------------------
+
+ALGORITHMS_WITH_SERVER_LR = ["FedAvg", "FedProx", "Scaffold", "FedAvgM", "FedAdam", "FedLD", "FedStale", "FedVARP",
+                             "AsyncFedAvg", "FedBuff", "FedFix", "FedAMD", "StaleFedAvg"]
+
+
+@pytest.mark.parametrize("name", ALGORITHMS_WITH_SERVER_LR)
+@pytest.mark.parametrize("server_lr", [-1.0, 0.0, float("nan"), float("inf")])
+def test_every_algorithm_checks_its_server_lr(name, server_lr):
+    import flbook.algorithms as algorithms
+
+    with pytest.raises(ValueError, match="server_lr must be a finite number > 0"):
+        getattr(algorithms, name)(server_lr=server_lr)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda A: A.FedProx(mu=float("nan")), "mu must be a finite number >= 0, got nan"),
+    (lambda A: A.FedAdam(tau=float("nan")), "tau must be a finite number > 0, got nan"),
+    (lambda A: A.FedLD(margin=float("nan")), "margin must be a finite number >= 0, got nan"),
+    (lambda A: A.FedSpeed(mu=float("inf")), "mu must be a finite number >= 0, got inf"),
+    (lambda A: A.FedSpeed(rho=float("nan")), "rho must be a finite number >= 0, got nan"),
+    (lambda A: A.StaleFedAvg(dc_lambda=-1), "dc_lambda must be a finite number >= 0, got -1"),
+    (lambda A: A.StaleFedAvg(dc_lambda=float("nan")), "dc_lambda .* got nan"),
+    (lambda A: A.StaleFedAvg(period=0), "period must be a finite number > 0, got 0"),
+    (lambda A: A.FedFix(period=float("inf")), "period must be a finite number > 0, got inf"),
+    (lambda A: A.FedBuff(buffer_size=2.5), "buffer_size must be an integer, got 2.5"),
+    (lambda A: A.FedBuff(buffer_size=float("nan")), "buffer_size must be an integer, got nan"),
+    (lambda A: A.GradientInversion(step_size=0), "step_size must be a finite number > 0, got 0"),
+    (lambda A: A.GradientInversion(step_size=float("nan")), "step_size .* got nan"),
+    (lambda A: A.GradientInversion(bounds=(1.0, 0.0)), "bounds must be .* low < high"),
+    (lambda A: A.GradientInversion(n_rec=2.5), "n_rec must be an integer, got 2.5"),
+    (lambda A: A.GradientInversion(period=0), "period must be a finite number > 0"),
+    (lambda A: A.FedStale(probabilities=()), "probabilities must be a 1-D sequence"),
+])
+def test_bad_hyperparameters_are_rejected_at_construction(make, message):
+    import flbook.algorithms as algorithms
+
+    with pytest.raises(ValueError, match=message):
+        make(algorithms)
+
+
+def test_explore_bounds_its_epochs(digits_data, skewed):
+    from flbook.algorithms import explore
+
+    fed = Federation(digits_data, skewed, "logistic")
+    for epochs in (1e6, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="epochs must be in"):
+            explore(fed, epochs=epochs)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"local_epochs": float("inf")}, ValueError, "local_epochs must be a finite number > 0, got inf"),
+    ({"weight_decay": float("nan")}, ValueError, "weight_decay must be a finite number >= 0, got nan"),
+    ({"lr": "0.1"}, TypeError, "lr must be a real number"),
+    ({"seed": 2**64}, ValueError, "seed must be an integer in"),
+    ({"seed": 1.5}, ValueError, "seed must be an integer, got 1.5"),
+    ({"clients_per_round": 2.5}, ValueError, "clients_per_round must be an integer, got 2.5"),
+    ({"participation": "0.5"}, TypeError, "participation must be a fraction in"),
+    ({"participation": 0.5, "clients_per_round": 2}, ValueError, "give participation or clients_per_round"),
+    ({"device": "cuda:99" if torch.cuda.is_available() else "cuda"}, ValueError, "device='cuda"),
+    ({"device": "tpu"}, ValueError, "device must name a torch device"),
+    ({"device": 3}, TypeError, "device must be a device name"),
+    ({"threads": 0}, ValueError, r"threads must be an integer in \[1, "),
+    ({"threads": 1000}, ValueError, r"threads must be an integer in \[1, "),
+    ({"batch_size": 10**7}, ValueError, "a round would draw up to .* samples"),
+    ({"local_steps": 10**7}, ValueError, "a round would draw up to"),
+    ({"local_epochs": 1e5}, ValueError, "a round would draw up to"),
+    ({"local_epochs": 1e18}, ValueError, "a round would draw up to"),
+    ({"model": None}, TypeError, "model must be one of"),
+])
+def test_bad_settings_are_rejected_at_construction(digits_data, skewed, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        Federation(digits_data, skewed, "logistic" if "model" not in kwargs else kwargs.pop("model"), **kwargs)
+
+
+def test_settings_that_need_the_clients_are_checked_at_construction(digits_data, skewed):
+    from flbook.participation import Bernoulli
+
+    with pytest.raises(ValueError, match="n_clients must equal len"):
+        Federation(digits_data, skewed, "logistic", participation=Bernoulli((0.5,) * 3))
+    with pytest.raises(ValueError, match="executor must be one of"):
+        Federation(digits_data, skewed, "logistic", executor="gpu")
+
+
+def test_numpy_integer_seed_is_the_same_seed(digits_data, skewed):
+    a = Federation(digits_data, skewed, "logistic", seed=np.int64(3)).run(FedAvg(), 2, progress=False)
+    b = Federation(digits_data, skewed, "logistic", seed=3).run(FedAvg(), 2, progress=False)
+    pd.testing.assert_frame_equal(a.drop(columns="wall_time"), b.drop(columns="wall_time"))
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (lambda P: [P[0], P[0]] + P[2:], ValueError, r"each sample at most once; sample \d+ is held 2 times, by clients \[0, 1\]"),
+    (lambda P: [np.array([0, 0, 0, 1])] + P[1:], ValueError, "each sample at most once"),
+    (lambda P: [np.array([0.5, 1.7])] + P[1:], TypeError, r"partition\[0\] must hold integer indices"),
+    (lambda P: [np.arange(1437) < 10] + P[1:], TypeError, "boolean mask"),
+    (lambda P: [np.arange(10).reshape(2, 5)] + P[1:], ValueError, r"partition\[0\] must be a 1-D array"),
+    (lambda P: [np.array([5000])] + P[1:], ValueError, r"indices in \[0, 1437\)"),
+])
+def test_a_partition_is_checked_once(digits_data, skewed, bad, error, message):
+    skewed = [p[p >= 10] for p in skewed]  # free samples 0..9 for the cases that use them
+    with pytest.raises(error, match=message):
+        Federation(digits_data, bad(skewed), "logistic")
+
+
+def test_a_model_that_does_not_fit_the_data_fails_at_construction(digits_data, skewed):
+    from flbook.models import mlp
+
+    with pytest.raises(ValueError, match=r"does not fit the data: inputs of shape \(1, 8, 8\)"):
+        Federation(digits_data, skewed, mlp(10, 10))
+    with pytest.raises(ValueError, match=r"one logit per class \(10\), got outputs of shape \(3,\)"):
+        Federation(digits_data, skewed, mlp(64, 3))
+
+
+def test_malformed_datasets_are_refused_where_they_are_made(digits_data, skewed):
+    from flbook.data import Dataset
+
+    d = digits_data
+    with pytest.raises(ValueError, match=r"y_train must hold class ids in \[0, 3\)"):
+        Dataset("bad", d.x_train, d.y_train, d.x_test, d.y_test, 3, (1, 8, 8))
+    with pytest.raises(TypeError, match="y_train must hold int64 class ids"):
+        Dataset("bad", d.x_train, d.y_train.float(), d.x_test, d.y_test, 10, (1, 8, 8))
+    x = d.x_train.clone()
+    x[5, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"x_train must hold only finite values, got 1 NaN .* index \(5, 0, 3, 3\)"):
+        Dataset("nan", x, d.y_train, d.x_test, d.y_test, 10, (1, 8, 8))
+    empty_test = Dataset("e", d.x_train, d.y_train, d.x_test[:0], d.y_test[:0], 10, (1, 8, 8))
+    with pytest.raises(ValueError, match="no test samples"):
+        Federation(empty_test, skewed, "mlp")
+    with pytest.raises(TypeError, match="dataset must be a flbook.data.Dataset"):
+        Federation({}, skewed, "mlp")
+
+
+def test_algorithms_for_the_asynchronous_driver_are_refused_by_run(digits_data, skewed):
+    from flbook.algorithms import GradientInversion, StaleFedAvg
+
+    fed = Federation(digits_data, skewed, "logistic")
+    for algorithm in (StaleFedAvg(policy="dc-asgd"), GradientInversion()):
+        with pytest.raises(ValueError, match="needs the asynchronous driver"):
+            fed.run(algorithm, 2, progress=False)
+    with pytest.raises(TypeError, match="algorithm must be a flbook Algorithm"):
+        fed.run("FedAvg", 2)
+
+
+def test_compare_names_the_runs_that_diverged(digits_data, skewed):
+    fed = Federation(digits_data, skewed, "mlp")
+    with pytest.warns(RuntimeWarning, match=r"bad diverged at round \d+"):
+        h = fed.compare({"ok": FedAvg(), "bad": FedAvg(server_lr=1e20)}, 5, progress=False,
+                        on_divergence="stop")
+    assert list(h.attrs["diverged"]) == ["bad"] and h.attrs["diverged"]["bad"] >= 1
+    with pytest.raises(ValueError, match="distinct labels"):
+        fed.compare([FedAvg(), FedAvg()], 1, progress=False)

@@ -154,7 +154,7 @@ def test_loop_and_batched_executors_agree(digits_data, skewed, epochs):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"margin": -0.1}, r"margin must be >= 0, got -0.1"),
+    ({"margin": -0.1}, r"margin must be a finite number >= 0, got -0.1"),
     ({"k_prop": 0.0}, r"k_prop must be in \(0, 1\], got 0.0"),
     ({"k_prop": 1.5}, r"k_prop must be in \(0, 1\], got 1.5"),
     ({"layers": (3, 0)}, "layers must be a non-empty tuple of positive block sizes"),

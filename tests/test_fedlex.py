@@ -118,7 +118,7 @@ def test_guidance_of_the_wrong_length_is_rejected_at_run(fed):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"epochs": 0}, "epochs must be > 0"),
+    ({"epochs": 0}, r"epochs must be in \(0, 10000\], got 0"),
     ({"data_fraction": 0.0}, r"data_fraction must be in \(0, 1\]"),
     ({"data_fraction": 1.5}, r"data_fraction must be in \(0, 1\]"),
     ({"explorer_fraction": -0.2}, r"explorer_fraction must be in \(0, 1\]"),

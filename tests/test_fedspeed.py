@@ -146,8 +146,8 @@ def test_loop_and_batched_executors_agree(digits_data, algorithm, epochs):
 
 # ------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kwargs, message", [
-    ({"mu": -0.1}, "mu must be >= 0"),
-    ({"rho": -1.0}, "rho must be >= 0"),
+    ({"mu": -0.1}, "mu must be a finite number >= 0"),
+    ({"rho": -1.0}, "rho must be a finite number >= 0"),
     ({"alpha": 1.5}, r"alpha must be in \[0, 1\]"),
     ({"alpha": -0.1}, r"alpha must be in \[0, 1\]"),
     ({"server": "fedavg"}, "server must be one of"),

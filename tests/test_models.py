@@ -56,3 +56,13 @@ def test_bad_inputs():
         mlp(64, 10, hidden=())
     with pytest.raises(ValueError, match="buffers"):
         FlatModel(torch.nn.BatchNorm1d(4), "bn")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: make_model("mlp", (64,), 0), "n_classes must be an integer >= 1, got 0"),
+    (lambda: make_model("logistic", (64,), 2.5), "n_classes must be an integer, got 2.5"),
+    (lambda: make_model("cnn", (1, 2, 2), 10), "at least 4x4 pixels"),
+])
+def test_models_that_cannot_work_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

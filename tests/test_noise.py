@@ -133,7 +133,9 @@ def test_base_channel_sets_the_bits_and_sees_the_senders():
 @pytest.mark.parametrize("kwargs, message", [
     ({"drop_prob": 1.5}, r"drop_prob must be in \[0, 1\], got 1.5"),
     ({"links": "sideways"}, r"links must be one of \('up', 'down', 'both'\)"),
-    ({"snr_db": math.nan}, r"snr_db must be a number"),
+    ({"snr_db": math.nan}, r"snr_db .*must be in \[-100, inf\], got nan"),
+    ({"snr_db": -math.inf}, r"snr_db .*got -inf"),
+    ({"snr_db": -1e6}, r"snr_db .*got -1000000"),
 ])
 def test_bad_arguments_name_the_parameter(kwargs, message):
     with pytest.raises(ValueError, match=message):

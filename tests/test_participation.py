@@ -72,7 +72,11 @@ def test_data_correlated_clients_with_the_class_report_rarely():
     (lambda: two_groups(4, 0.3, 0.6), "gap must be >= 0, below 2 \\* rate"),
     (lambda: two_groups(4, 0.8, 0.5), "gap must be"),
     (lambda: two_groups(4, 0.5, -0.1), "gap must be"),
-    (lambda: two_groups(0, 0.5, 0.1), "n_clients must be >= 1"),
+    (lambda: two_groups(0, 0.5, 0.1), "n_clients must be an integer >= 1"),
+    (lambda: two_groups(2.5, 0.5, 0.1), "n_clients must be an integer, got 2.5"),
+    (lambda: two_groups(4, float("nan"), 0.1), "rate must be in .*got nan"),
+    (lambda: Uniform(fraction=float("nan")), "participation fraction must be in .*got nan"),
+    (lambda: Uniform(count=2.5), "clients_per_round must be an integer, got 2.5"),
     (lambda: data_correlated([0.2, 1.5], 0.5, 0.5), r"score must be .* in \[0, 1\]"),
     (lambda: data_correlated([0.2], 0.5, 1.0), r"strength must be in \[0, 1\)"),
     (lambda: data_correlated([0.2], 1.5, 0.5), r"rate must be in \(0, 1\]"),
@@ -80,3 +84,13 @@ def test_data_correlated_clients_with_the_class_report_rarely():
 def test_bad_inputs_name_the_parameter(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_bernoulli_with_tiny_probabilities_gives_up_after_a_bounded_number_of_draws():
+    """p = 1e-9 for 20 clients used to redraw empty rounds about 5e7 times; now a bounded loop and a clear error."""
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="no client took part in 10000 draws.*raise p"):
+        Bernoulli(tuple([1e-9] * 20)).sample(1, 20, np.random.default_rng(0))
+    assert time.perf_counter() - start < 2.0

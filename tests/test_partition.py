@@ -304,27 +304,81 @@ def test_feature_skew_rotates_vectors_without_changing_norms():
 Y = balanced_labels(5, 10)  # 50 samples, 5 classes
 
 BAD_INPUTS = {
-    "alpha <= 0": (lambda: dirichlet(Y, 5, alpha=0.0), "alpha must be > 0"),
-    "inner alpha <= 0": (lambda: inner_dirichlet(Y, [25, 25], alpha=-1.0), "alpha must be > 0"),
-    "no clients": (lambda: iid(Y, 0), r"n_clients must be in \[1, 50\]"),
-    "more clients than samples": (lambda: dirichlet(Y, 51, alpha=1.0), r"n_clients must be in \[1, 50\]"),
-    "classes_per_client 0": (lambda: pathological(Y, 5, 0), r"classes_per_client must be in \[1, 5\]"),
-    "classes_per_client > classes": (lambda: pathological(Y, 5, 6), r"classes_per_client must be in \[1, 5\]"),
+    "alpha <= 0": (lambda: dirichlet(Y, 5, alpha=0.0), "alpha must be a finite number > 0, got 0.0"),
+    "inner alpha <= 0": (lambda: inner_dirichlet(Y, [25, 25], alpha=-1.0), "alpha must be a finite number > 0"),
+    "no clients": (lambda: iid(Y, 0), r"n_clients must be an integer in \[1, 50\]"),
+    "more clients than samples": (lambda: dirichlet(Y, 51, alpha=1.0), r"n_clients must be an integer in \[1, 50\]"),
+    "classes_per_client 0": (lambda: pathological(Y, 5, 0), r"classes_per_client must be an integer in \[1, 5\]"),
+    "classes_per_client > classes": (lambda: pathological(Y, 5, 6), r"classes_per_client must be an integer in \[1, 5\]"),
     "too many shards": (lambda: shards(Y, 10, 6), r"shards_per_client must be in \[1, 5\]"),
     "sizes off": (lambda: inner_dirichlet(Y, [20, 20], alpha=1.0), "sizes must .* summing to 50"),
     "negative size": (lambda: inner_dirichlet(Y, [60, -10], alpha=1.0), "sizes must"),
-    "negative strength": (lambda: feature_skew(torch.zeros(50, 2), Y, 5, strength=-1.0), "strength must be >= 0"),
+    "negative strength": (lambda: feature_skew(torch.zeros(50, 2), Y, 5, strength=-1.0), "strength must be a finite number >= 0"),
     "unknown kind": (lambda: feature_skew(torch.zeros(50, 2), Y, 5, kind="blur"), "kind must be one of"),
     "x rows": (lambda: feature_skew(torch.zeros(49, 2), Y, 5), "x must have one row per label"),
     "integer x": (lambda: feature_skew(torch.zeros(50, 2, dtype=torch.long), Y, 5), "floating-point"),
     "unknown distribution": (lambda: quantity_skew(Y, 5, distribution="zipf"), "distribution must be one of"),
-    "negative sigma": (lambda: quantity_skew(Y, 5, sigma=-1.0), "sigma must be >= 0"),
-    "exponent <= 0": (lambda: quantity_skew(Y, 5, distribution="powerlaw", exponent=0.0), "exponent must be > 0"),
-    "negative max_redraws": (lambda: dirichlet(Y, 5, alpha=1.0, max_redraws=-1), "max_redraws must be >= 0"),
-    "min_size too big": (lambda: quantity_skew(Y, 5, min_size=11), r"min_size must be in \[0, 10\]"),
+    "negative sigma": (lambda: quantity_skew(Y, 5, sigma=-1.0), "sigma must be a finite number >= 0"),
+    "exponent <= 0": (lambda: quantity_skew(Y, 5, distribution="powerlaw", exponent=0.0), "exponent must be a finite number > 0"),
+    "negative max_redraws": (lambda: dirichlet(Y, 5, alpha=1.0, max_redraws=-1), r"max_redraws must be an integer in \[0, 10000\]"),
+    "min_size too big": (lambda: quantity_skew(Y, 5, min_size=11), r"min_size must be an integer in \[0, 10\]"),
     "2-D labels": (lambda: iid(Y.reshape(5, 10), 2), "labels must be 1-D"),
     "unknown name": (lambda: partition("random", Y, 5), "name must be one of .*dirichlet"),
+    # values that used to pass a `< 0` check, hang, or fail deep inside numpy
+    "nan strength": (lambda: feature_skew(torch.zeros(50, 2), Y, 5, strength=float("nan")), "strength .* got nan"),
+    "inf strength": (lambda: feature_skew(torch.zeros(50, 2), Y, 5, strength=float("inf")), "strength .* got inf"),
+    "nan rotation": (lambda: feature_skew(torch.zeros(50, 4), Y, 5, kind="rotation", strength=float("nan")),
+                     "strength .* got nan"),
+    "fractional min_size": (lambda: dirichlet(Y, 10, 0.01, min_size=2.5), "min_size must be an integer, got 2.5"),
+    "fractional n_clients": (lambda: iid(Y, 2.5), "n_clients must be an integer, got 2.5"),
+    "fractional classes": (lambda: pathological(Y, 5, 2.5), "classes_per_client must be an integer, got 2.5"),
+    "fractional shards": (lambda: shards(Y, 5, 2.5), "shards_per_client must be an integer, got 2.5"),
+    "fractional quantity min_size": (lambda: quantity_skew(Y, 5, min_size=2.5), "min_size must be an integer"),
+    "fractional max_redraws": (lambda: dirichlet(Y, 5, 0.5, max_redraws=1.5), "max_redraws must be an integer"),
+    "inf alpha": (lambda: dirichlet(Y, 5, alpha=float("inf")), "alpha must be a finite number > 0, got inf"),
+    "inner inf alpha": (lambda: inner_dirichlet(Y, [25, 25], alpha=float("inf")), "alpha .* got inf"),
+    "nan sigma": (lambda: quantity_skew(Y, 5, sigma=float("nan")), "sigma must be a finite number >= 0, got nan"),
+    "inf sigma": (lambda: quantity_skew(Y, 5, sigma=float("inf")), "sigma .* got inf"),
+    "fractional sizes": (lambda: inner_dirichlet(np.repeat(np.arange(10), 100), [100.7] * 10, 0.5),
+                         "sizes must be whole numbers"),
+    "empty labels": (lambda: iid(np.array([]), 3), "labels must hold at least one sample"),
+    "negative seed": (lambda: iid(Y, 5, seed=-1), "seed must be an integer in"),
+    "fractional seed": (lambda: iid(Y, 5, seed=1.5), "seed must be an integer, got 1.5"),
 }
+
+BAD_TYPES = {
+    "bool n_clients (dirichlet)": lambda: dirichlet(Y, True, 0.5),
+    "bool n_clients (iid)": lambda: iid(Y, True),
+    "bool n_clients (shards)": lambda: shards(Y, True),
+    "string n_clients": lambda: iid(Y, "10"),
+    "None n_clients": lambda: iid(Y, None),
+    "mixed labels": lambda: dirichlet(np.array(["a", 1.5] * 25, dtype=object), 5, 0.5),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TYPES))
+def test_bad_types_raise_type_error_naming_the_parameter(case):
+    with pytest.raises(TypeError, match="n_clients|labels"):
+        BAD_TYPES[case]()
+
+
+def test_heavy_tailed_sizes_stay_finite_and_complete():
+    """Weights are drawn in log space: sigma=400 or a Pareto exponent of 1e-3 once overflowed to NaN sizes."""
+    for kwargs in ({"sigma": 400.0}, {"distribution": "powerlaw", "exponent": 1e-3}):
+        parts = quantity_skew(np.zeros(6000), 100, **kwargs)
+        assert sum(map(len, parts)) == 6000 and min(map(len, parts)) >= 1
+
+
+def test_feature_skew_takes_a_numpy_generator_as_seed():
+    x = torch.randn(100, 3)
+    a = feature_skew(x, np.zeros(100), 4, seed=np.random.default_rng(0))
+    b = feature_skew(x, np.zeros(100), 4, seed=np.random.default_rng(0))
+    assert all(np.array_equal(p, q) for p, q in zip(a[0], b[0])) and torch.equal(a[1], b[1])
+
+
+def test_numpy_integer_counts_and_seeds_are_accepted():
+    parts = dirichlet(Y, np.int64(5), 0.5, min_size=np.int64(2), seed=np.int64(3))
+    assert all(np.array_equal(p, q) for p, q in zip(parts, dirichlet(Y, 5, 0.5, min_size=2, seed=3)))
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))

@@ -91,3 +91,14 @@ def test_compare_partitions_draws_one_column_per_partition():
     assert "iid (first 50 of 60 clients)" in titles and "dirichlet 0.1 (first 50 of 60 clients)" in titles
     with pytest.raises(ValueError, match="partitions must hold at least one"):
         compare_partitions({}, labels)
+
+
+def test_counts_matrix_refuses_fractional_labels_and_numbers_string_labels():
+    from flbook.partition import counts_matrix, summary
+
+    with pytest.raises(ValueError, match="whole-number class ids"):
+        counts_matrix(np.array([0.5, 1.5] * 5), [np.arange(10)])
+    assert counts_matrix(np.array([0.0, 1.0, 1.0]), [np.arange(3)]).tolist() == [[1, 2]]
+    labels = np.array(["b", "a", "b", "c"])
+    assert counts_matrix(labels, [np.array([0, 1]), np.array([2, 3])]).tolist() == [[1, 1, 0], [0, 1, 1]]
+    assert summary(labels, [np.array([0, 1]), np.array([2, 3])])["n_classes_present"].tolist() == [2, 2]

@@ -102,6 +102,7 @@ class Algorithm(ABC):
 
     name: ClassVar[str] = "Algorithm"
     batchable: ClassVar[bool] = True  # client_update is a pure tensor function that vmap can batch
+    asynchronous_only: ClassVar[bool] = False  # True: aggregate needs the asynchronous driver's staleness facts
     # When the asynchronous loop aggregates: every `period` time units (FedFix), as soon as `buffer_size`
     # updates wait (FedBuff; 1 is asynchronous FedAvg), or, with neither, once every job in flight has returned.
     period: ClassVar[float | None] = None

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..runtime import cpu_threads
+from .. import validation as V
 from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
 
 if TYPE_CHECKING:
@@ -58,8 +59,9 @@ class FedAMD(Algorithm):
     batchable = False  # each participant flips a coin and branches on it
 
     def __post_init__(self) -> None:
-        if not 0 <= self.anchor_probability <= 1:
-            raise ValueError(f"anchor_probability must be in [0, 1], got {self.anchor_probability}")
+        self.anchor_probability = V.probability("anchor_probability", self.anchor_probability)
+        self.server_lr = V.positive("server_lr", self.server_lr)
+        self.seed = V.seed(self.seed)
 
     def init_server_state(self, x: torch.Tensor, n_clients: int) -> Tensors:
         self._coins = np.random.default_rng(self.seed)  # role coins, the same sequence in every run

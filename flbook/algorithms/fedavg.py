@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import validation as V
 from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
 
 
@@ -18,6 +19,9 @@ class FedAvg(Algorithm):
 
     server_lr: float = 1.0
     name = "FedAvg"
+
+    def __post_init__(self) -> None:
+        self.server_lr = V.positive("server_lr", self.server_lr)  # eta_g <= 0 would stall or ascend
 
     def client_update(self, down: Tensors, client_state: Tensors, batches: Batches,
                       ctx: LocalContext) -> tuple[Tensors, Tensors]:

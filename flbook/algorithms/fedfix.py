@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import torch
 
+from .. import validation as V
 from .base import AsyncInfo
 from .fedavg import FedAvg
 
@@ -41,6 +42,7 @@ class AsyncFedAvg(FedAvg):
     buffer_size: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_policy(self.policy)
 
     def aggregation_weights(self, info: AsyncInfo) -> torch.Tensor:
@@ -60,9 +62,9 @@ class FedBuff(FedAvg):
     name = "FedBuff"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_policy(self.policy)
-        if self.buffer_size < 1:
-            raise ValueError(f"buffer_size must be >= 1, got {self.buffer_size}")
+        self.buffer_size = V.integer("buffer_size", self.buffer_size, 1)
 
     def aggregation_weights(self, info: AsyncInfo) -> torch.Tensor:
         """d_i; freq_i is the share of aggregations so far that included client i (the code uses the whole run's)."""
@@ -80,8 +82,8 @@ class FedFix(FedAvg):
     name = "FedFix"
 
     def __post_init__(self) -> None:
-        if not self.period > 0:
-            raise ValueError(f"period must be > 0, got {self.period}")
+        super().__post_init__()
+        self.period = V.positive("period", self.period)
 
     def aggregation_weights(self, info: AsyncInfo) -> torch.Tensor:
         """Client i is applied once every ceil(tau_i / dt) aggregations, so its weight makes up for the gap."""

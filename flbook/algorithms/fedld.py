@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import FlatModel
+from .. import validation as V
 from .base import RoundInfo, Tensors
 from .fedavg import FedAvg
 
@@ -70,10 +71,9 @@ class FedLD(FedAvg):
     name = "FedLD"
 
     def __post_init__(self) -> None:
-        if self.margin < 0:
-            raise ValueError(f"margin must be >= 0, got {self.margin}")
-        if not 0 < self.k_prop <= 1:
-            raise ValueError(f"k_prop must be in (0, 1], got {self.k_prop}")
+        super().__post_init__()
+        self.margin = V.non_negative("margin", self.margin)
+        self.k_prop = V.probability("k_prop", self.k_prop, zero=False)
         if self.layers is not None and (not self.layers or any(int(n) < 1 for n in self.layers)):
             raise ValueError(f"layers must be a non-empty tuple of positive block sizes or None, got {self.layers}")
 

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from ..runtime import cpu_threads
+from .. import validation as V
 from .base import Batches, LocalContext, Tensors
 from .fedavg import FedAvg
 
@@ -43,6 +44,7 @@ class FedLEx(FedAvg):
     name = "FedLEx"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         G = self.guidance
         if not isinstance(G, torch.Tensor) or G.ndim != 1:
             shape = tuple(G.shape) if isinstance(G, torch.Tensor) else ""
@@ -106,9 +108,15 @@ def exploration_batches(federation: Federation, explorers: np.ndarray, epochs: f
     subsets = [rng.permutation(shard)[:max(1, math.ceil(data_fraction * len(shard)))] for shard in shards]
     steps = [max(1, math.ceil(epochs * len(s) / batch)) for s in subsets]
     n_ids = max(steps) * batch  # padding steps after a client's own are masked out by `steps`
+    if len(subsets) * n_ids > V.MAX_SAMPLES_DRAWN:
+        raise ValueError(f"epochs={epochs:g} makes {len(subsets)} explorers draw {len(subsets) * n_ids:.3g} samples, "
+                         f"more than {V.MAX_SAMPLES_DRAWN:.0e}; lower epochs, data_fraction or explorer_fraction")
     rows = [np.concatenate([rng.permutation(s) for _ in range(math.ceil(n_ids / len(s)))])[:n_ids] for s in subsets]
     index = torch.as_tensor(np.stack(rows), device=federation.device).view(len(subsets), max(steps), batch)
     return index, torch.as_tensor(steps, device=federation.device)
+
+
+MAX_EXPLORE_EPOCHS = 1e4  # local passes per explorer (the samples drawn are bounded as in a round, too)
 
 
 def explore(federation: Federation, epochs: float = 10, data_fraction: float = 1.0,
@@ -117,11 +125,9 @@ def explore(federation: Federation, epochs: float = 10, data_fraction: float = 1
 
     epochs: local passes of each explorer; data_fraction: share of its shard it explores with;
     explorer_fraction: share of the clients that explore (at least one)."""
-    if not epochs > 0:
-        raise ValueError(f"epochs must be > 0, got {epochs}")
+    epochs = V.in_range("epochs", epochs, 0, MAX_EXPLORE_EPOCHS, lo_inclusive=False)
     for key, value in (("data_fraction", data_fraction), ("explorer_fraction", explorer_fraction)):
-        if not 0 < value <= 1:
-            raise ValueError(f"{key} must be in (0, 1], got {value}")
+        V.probability(key, value, zero=False)
     rng = np.random.default_rng(federation.seed)
     n_clients = federation.n_clients
     explorers = np.sort(rng.choice(n_clients, max(1, round(explorer_fraction * n_clients)), replace=False))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import validation as V
 from .base import Batches, LocalContext, Tensors
 from .fedavg import FedAvg
 
@@ -19,8 +20,8 @@ class FedProx(FedAvg):
     name = "FedProx"
 
     def __post_init__(self) -> None:
-        if self.mu < 0:
-            raise ValueError(f"mu must be >= 0, got {self.mu}")
+        super().__post_init__()
+        self.mu = V.non_negative("mu", self.mu)
 
     def client_update(self, down: Tensors, client_state: Tensors, batches: Batches,
                       ctx: LocalContext) -> tuple[Tensors, Tensors]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import validation as V
 from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
 
 SERVER_RULES = ("simulator", "paper")
@@ -41,14 +42,10 @@ class FedSpeed(Algorithm):
     name = "FedSpeed"
 
     def __post_init__(self) -> None:
-        if self.mu < 0:
-            raise ValueError(f"mu must be >= 0, got {self.mu}")
-        if self.rho < 0:
-            raise ValueError(f"rho must be >= 0, got {self.rho}")
-        if not 0 <= self.alpha <= 1:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.server not in SERVER_RULES:
-            raise ValueError(f"server must be one of {SERVER_RULES}, got {self.server!r}")
+        self.mu = V.non_negative("mu", self.mu)
+        self.rho = V.non_negative("rho", self.rho)
+        self.alpha = V.probability("alpha", self.alpha)
+        V.choice("server", self.server, SERVER_RULES)
 
     def init_server_state(self, x: torch.Tensor, n_clients: int) -> Tensors:
         return {"h_bar": torch.zeros_like(x)}  # sum_i p_i h_i over all N clients, p_i = n_i / n

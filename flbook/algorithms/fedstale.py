@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .. import validation as V
 from .base import RoundInfo, Tensors
 from .fedavg import FedAvg
 
@@ -41,11 +42,11 @@ class FedStale(FedAvg):
     name = "FedStale"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.beta <= 1:
-            raise ValueError(f"beta must be in [0, 1], got {self.beta}")
+        super().__post_init__()
+        self.beta = V.probability("beta", self.beta)
         if self.probabilities is not None:
             p = np.asarray(self.probabilities, dtype=float)
-            if p.ndim != 1 or not ((p > 0) & (p <= 1)).all():
+            if p.ndim != 1 or len(p) == 0 or not ((p > 0) & (p <= 1)).all():
                 raise ValueError(f"probabilities must be a 1-D sequence of values in (0, 1], got {self.probabilities}")
             self.probabilities = tuple(p.tolist())
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import validation as V
 from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
 
 
@@ -27,6 +28,9 @@ class Scaffold(Algorithm):
 
     server_lr: float = 1.0
     name = "SCAFFOLD"
+
+    def __post_init__(self) -> None:
+        self.server_lr = V.positive("server_lr", self.server_lr)
 
     def init_server_state(self, x: torch.Tensor, n_clients: int) -> Tensors:
         return {"c": torch.zeros_like(x)}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import validation as V
 from .base import Tensors
 from .fedavg import FedAvg
 
@@ -21,8 +22,8 @@ class FedAvgM(FedAvg):
     name = "FedAvgM"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        super().__post_init__()
+        self.momentum = V.in_range("momentum", self.momentum, 0, 1, hi_inclusive=False)
 
     def init_server_state(self, x: torch.Tensor, n_clients: int) -> Tensors:
         return {"v": torch.zeros_like(x)}
@@ -49,11 +50,10 @@ class FedAdam(FedAvg):
     name = "FedAdam"
 
     def __post_init__(self) -> None:
-        for key in ("beta1", "beta2"):
-            if not 0 <= getattr(self, key) < 1:
-                raise ValueError(f"{key} must be in [0, 1), got {getattr(self, key)}")
-        if self.tau <= 0:
-            raise ValueError(f"tau must be > 0, got {self.tau}")
+        super().__post_init__()
+        self.beta1 = V.in_range("beta1", self.beta1, 0, 1, hi_inclusive=False)
+        self.beta2 = V.in_range("beta2", self.beta2, 0, 1, hi_inclusive=False)
+        self.tau = V.positive("tau", self.tau)
 
     def init_server_state(self, x: torch.Tensor, n_clients: int) -> Tensors:
         return {"m": torch.zeros_like(x), "v": torch.full_like(x, self.tau ** 2)}  # v_{-1} >= tau^2   (Alg. 2, input)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import validation as V
 from ..models import FlatModel
 from .base import AsyncInfo, Tensors, size_weights
 from .fedavg import FedAvg
@@ -92,12 +93,14 @@ class StaleFedAvg(FedAvg):
     dc_lambda: float = 4.0  # DC-ASGD: Delta - lambda Delta * Delta * (x^t - x^{t-tau}), the code's lambda
     period: float = 1.0  # one round per time unit: the server aggregates what has arrived by each deadline
     name = "Stale FedAvg"
+    asynchronous_only = True  # staleness and start models come from the asynchronous driver
 
     def __post_init__(self) -> None:
-        if self.policy not in STALE_POLICIES:
-            raise ValueError(f"policy must be one of {STALE_POLICIES}, got {self.policy!r}")
-        if not self.half_life > 0:
-            raise ValueError(f"half_life must be > 0, got {self.half_life}")
+        super().__post_init__()
+        V.choice("policy", self.policy, STALE_POLICIES)
+        self.half_life = V.positive("half_life", self.half_life)
+        self.dc_lambda = V.non_negative("dc_lambda", self.dc_lambda)
+        self.period = V.positive("period", self.period)
 
     def aggregation_weights(self, info: AsyncInfo) -> torch.Tensor:
         """Plain average over the round's updates; stale ones shrunk ('weighted') or left out ('drop')."""
@@ -132,13 +135,21 @@ class GradientInversion(FedAvg):
     period: float = 1.0
     seed: int = 0
     name = "GI conversion"
+    asynchronous_only = True
 
     def __post_init__(self) -> None:
-        if self.cost not in COSTS:
-            raise ValueError(f"cost must be one of {COSTS}, got {self.cost!r}")
-        for key in ("n_rec", "iterations"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        super().__post_init__()
+        V.choice("cost", self.cost, COSTS)
+        self.n_rec = V.integer("n_rec", self.n_rec, 1)
+        self.iterations = V.integer("iterations", self.iterations, 1)
+        self.step_size = V.positive("step_size", self.step_size)
+        self.period = V.positive("period", self.period)
+        self.seed = V.seed(self.seed)
+        if self.bounds is not None:
+            low, high = (V.finite(f"bounds[{i}]", b) for i, b in enumerate(self.bounds))
+            if not low < high:
+                raise ValueError(f"bounds must be (low, high) with low < high, got {self.bounds}")
+            self.bounds = (low, high)
 
     def surrogates(self, server_state: Tensors, info: AsyncInfo) -> Tensors:
         """Every client's surrogate data X (N, n_rec, ...), uniform in `bounds` (else N(0, 1)), labels Y~ and counts."""

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import validation as V
 from ..runtime import cpu_threads
 from ..models import FlatModel
 from .base import Channel, Tensors, tensor_bits
@@ -49,13 +50,15 @@ class TopK:
     def __post_init__(self) -> None:
         if (self.fraction is None) == (self.k is None):
             raise ValueError(f"give exactly one of fraction and k, got fraction={self.fraction}, k={self.k}")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
-        if self.k is not None and self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.fraction is not None:
+            object.__setattr__(self, "fraction", V.probability("fraction", self.fraction, zero=False))
+        if self.k is not None:
+            object.__setattr__(self, "k", V.integer("k", self.k, 1))
 
     def count(self, n: int) -> int:
         """Entries kept out of n: min(k, n), or round(fraction n) but at least one."""
+        if n == 0:
+            return 0
         return min(self.k, n) if self.k is not None else max(1, round(self.fraction * n))
 
     def mask(self, v: torch.Tensor) -> torch.Tensor:
@@ -139,15 +142,14 @@ class Uniform(_Grid):
     bits: int = 8
 
     def __post_init__(self) -> None:
-        if not 2 <= self.bits <= 16:
-            raise ValueError(f"bits must be in [2, 16], got {self.bits}")
+        object.__setattr__(self, "bits", V.integer("bits", self.bits, 2, 16))
 
     @property
     def s(self) -> int:
         return 2 ** (self.bits - 1) - 1
 
     def scale(self, v: torch.Tensor) -> torch.Tensor:
-        return v.abs().amax(dim=1, keepdim=True)
+        return v.abs().amax(dim=1, keepdim=True) if v.shape[1] else v.new_zeros(v.shape[0], 1)
 
     def round(self, r: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return torch.round(r)
@@ -161,15 +163,20 @@ class QSGD(_Grid):
     stochastic = True
 
     def __post_init__(self) -> None:
-        if not 1 <= self.levels <= 2**15 - 1:
-            raise ValueError(f"levels must be in [1, 32767], got {self.levels}")
+        object.__setattr__(self, "levels", V.integer("levels", self.levels, 1, 2**15 - 1))
 
     @property
     def s(self) -> int:
         return self.levels
 
     def scale(self, v: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.vector_norm(v, dim=1, keepdim=True)
+        norm = torch.linalg.vector_norm(v, dim=1, keepdim=True)  # (M, 1)
+        if not torch.isfinite(norm).all():  # squares of entries near float32's limit overflow: sum in float64
+            norm = torch.linalg.vector_norm(v.double(), dim=1, keepdim=True)
+            if not torch.isfinite(norm.float()).all():
+                raise ValueError(f"QSGD needs each row's norm within float32's range, got {norm.max().item():.3g}")
+            norm = norm.float()
+        return norm
 
     def round(self, r: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         # level l + 1 with probability r - l, else l: E[level] = r   (QSGD, xi_i(v, s))
@@ -204,10 +211,8 @@ class KMeans(Quantizer):
     pin_zero: bool = True
 
     def __post_init__(self) -> None:
-        if not 2 <= self.clusters <= 256:
-            raise ValueError(f"clusters must be in [2, 256], got {self.clusters}")
-        if self.iterations < 0:
-            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        object.__setattr__(self, "clusters", V.integer("clusters", self.clusters, 2, 256))
+        object.__setattr__(self, "iterations", V.integer("iterations", self.iterations, 0))
 
     @property
     def zero(self) -> int | None:
@@ -323,6 +328,7 @@ class Compressor:
         """Symbols (floats without a quantizer) (M, n), table (M, T) and the non-zero mask (M, n)."""
         if v.dtype != torch.float32:
             raise ValueError(f"compressors take float32 messages, got {v.dtype}")
+        V.finite_values("the message to compress", v)  # NaN or inf would be quantized into garbage
         if self.sparsifier is not None and (self.sparsify_biases or not bias):
             v = torch.where(self.sparsifier.mask(v), v, 0)  # (M, n), dropped entries are exactly 0
         if self.quantizer is None:
@@ -351,6 +357,8 @@ class Compressor:
     def __call__(self, v: torch.Tensor, generator: torch.Generator | None = None,
                  bias: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Compress each row of one layer (M, n): (what the receiver decodes (M, n), bits per row (M,))."""
+        if v.shape[1] == 0:  # an empty layer: nothing to send
+            return v.clone(), torch.zeros(v.shape[0], dtype=torch.long, device=v.device)
         symbols, table, support = self._symbols(v, generator, bias)
         sent = support if self.positions != "dense" else torch.ones_like(support)
         bits = _position_bits(support, self.positions) + table.shape[1] * FLOAT_BITS

@@ -24,9 +24,11 @@ import math
 import numpy as np
 import torch
 
+from .. import validation as V
 from .base import ARRIVED, Channel, Tensors, delivered  # noqa: F401  (delivered: re-exported for readers of this module)
 
 LINKS = ("up", "down", "both")
+MIN_SNR_DB = -100.0
 
 
 def noise_std(signal: torch.Tensor, snr_db: float, dim: int | None = None) -> torch.Tensor:
@@ -46,12 +48,12 @@ class NoisyChannel(Channel):
 
     def __init__(self, snr_db: float = math.inf, drop_prob: float = 0.0, links: str = "up",
                  base: Channel | None = None):
-        if math.isnan(snr_db):
-            raise ValueError("snr_db must be a number of decibels or inf (no noise), got nan")
-        if not 0 <= drop_prob <= 1:
-            raise ValueError(f"drop_prob must be in [0, 1], got {drop_prob}")
-        if links not in LINKS:
-            raise ValueError(f"links must be one of {LINKS}, got {links!r}")
+        # below MIN_SNR_DB the noise power 10^(-SNR/10) P overflows to inf for ordinary messages
+        snr_db = V.in_range("snr_db (decibels, inf for no noise)", snr_db, MIN_SNR_DB, math.inf, hi_inclusive=True)
+        drop_prob = V.probability("drop_prob", drop_prob)
+        V.choice("links", links, LINKS)
+        if base is not None and not isinstance(base, Channel):
+            raise TypeError(f"base must be a Channel or None, got {type(base).__name__}")
         self.snr_db, self.drop_prob, self.links = snr_db, drop_prob, links
         self.base = base or Channel()
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from flbook import validation as V
+from flbook.runtime import resolve_device
 from flbook.data.base import Dataset, data_root
 from flbook.data.bundled import digits, mnist1d
 from flbook.data.files import cifar10, fashion_mnist, mnist
@@ -33,11 +35,11 @@ def load(name: str, *, root: str | Path | None = None, device: str | torch.devic
     have one official split and ignore it. Other keyword arguments go to the loader, e.g.
     `load("synthetic", alpha=0.5, beta=0.5, n_clients=100)`.
     """
-    if name not in _LOADERS:
-        raise ValueError(f"name must be one of {', '.join(DATASETS)}, got {name!r}")
+    V.choice("name", name, DATASETS)
+    target = None if device is None else resolve_device(device)  # checked before any work
     if name in _ON_DISK:
         kwargs["root"] = root
     if name in _SEEDED and seed is not None:
         kwargs["seed"] = seed
     dataset = _LOADERS[name](**kwargs)
-    return dataset if device is None else dataset.to(device)
+    return dataset if target is None else dataset.to(target)

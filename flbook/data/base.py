@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flbook import validation as V
+
 
 @dataclass(eq=False)
 class Dataset:
@@ -25,13 +27,28 @@ class Dataset:
     client_indices: list[np.ndarray] | None = None  # a natural partition of x_train, when the data has one
 
     def __post_init__(self) -> None:
-        self.input_shape = tuple(int(d) for d in self.input_shape)
+        """Check shapes, dtypes, labels in [0, n_classes) and finite inputs once, where the data is made."""
+        self.input_shape = tuple(V.integer("input_shape entries", d, 1) for d in self.input_shape)
+        self.n_classes = V.integer("n_classes", self.n_classes, 1)
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+                raise TypeError(f"x_{split} and y_{split} must be torch tensors, got {type(x).__name__} "
+                                f"and {type(y).__name__}")
             if tuple(x.shape[1:]) != self.input_shape:
                 raise ValueError(f"x_{split} must have shape (n, *{self.input_shape}), got {tuple(x.shape)}")
             if y.shape != (x.shape[0],):
                 raise ValueError(f"y_{split} must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+            if not x.is_floating_point():
+                raise TypeError(f"x_{split} must be a floating-point tensor, got {x.dtype}")
+            if y.dtype != torch.int64:
+                raise TypeError(f"y_{split} must hold int64 class ids (use y.long()), got {y.dtype}")
+            if y.device.type == "meta":  # shapes only: no values to check
+                continue
+            if len(y) and not (0 <= int(y.min()) and int(y.max()) < self.n_classes):
+                raise ValueError(f"y_{split} must hold class ids in [0, {self.n_classes}) (n_classes={self.n_classes}), "
+                                 f"got labels in [{int(y.min())}, {int(y.max())}]")
+            V.finite_values(f"x_{split}", x)
 
     def to(self, device: str | torch.device) -> Dataset:
         """A copy with all four tensors moved to `device` (client indices stay NumPy arrays)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flbook import validation as V
 from flbook.data.base import Dataset, data_root
 
 
@@ -18,6 +19,7 @@ def digits(*, seed: int = 0) -> Dataset:
     Pixels are divided by 16 (their maximum) and not standardized further. `seed` picks the split; the
     default gives the same split on every call.
     """
+    seed = V.seed(seed, hi=2**32 - 1)  # scikit-learn's random_state range
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -39,8 +41,8 @@ def mnist1d(*, root: str | Path | None = None, n_samples: int = 5000, seed: int 
     dataset. Its own split: the first 80% of the shuffled samples train, the rest test. The generator is
     standardized to mean 0 and std 1 overall. Global RNG states are left as they were.
     """
-    if n_samples < 10:
-        raise ValueError(f"n_samples must be >= 10 (one per class), got {n_samples}")
+    n_samples = V.integer("n_samples", n_samples, 10)  # one per class at least
+    seed = V.seed(seed, hi=2**32 - 1)  # the generator seeds NumPy's legacy global state
     cache = data_root(root) / f"mnist1d_{n_samples}_{seed}.npz"
     try:
         with np.load(cache) as f:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from flbook import validation as V
 from flbook.data.base import Dataset
 
 
@@ -28,18 +29,14 @@ def synthetic(alpha: float = 1.0, beta: float = 1.0, *, n_clients: int = 30, iid
     train/test by `test_fraction`; the test set is the union of the clients' test parts, and
     `client_indices[k]` indexes client k's rows of x_train.
     """
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
-    if n_clients < 1:
-        raise ValueError(f"n_clients must be >= 1, got {n_clients}")
-    if n_features < 1:
-        raise ValueError(f"n_features must be >= 1, got {n_features}")
-    if n_classes < 2:
-        raise ValueError(f"n_classes must be >= 2, got {n_classes}")
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    alpha, beta = V.non_negative("alpha", alpha), V.non_negative("beta", beta)
+    n_clients = V.integer("n_clients", n_clients, 1)
+    n_features = V.integer("n_features", n_features, 1)
+    n_classes = V.integer("n_classes", n_classes, 2)
+    test_fraction = V.in_range("test_fraction", test_fraction, 0, 1, lo_inclusive=False, hi_inclusive=False)
+    seed = V.seed(seed)
+    if not isinstance(iid, (bool, np.bool_)):
+        raise TypeError(f"iid must be True or False, got {iid!r}")
 
     rng = np.random.default_rng(seed)
     sizes = rng.lognormal(4.0, 2.0, n_clients).astype(np.int64) + 50  # (K,)
@@ -53,24 +50,27 @@ def synthetic(alpha: float = 1.0, beta: float = 1.0, *, n_clients: int = 30, iid
         models = [(rng.normal(u_k, 1, (n_classes, n_features)), rng.normal(u_k, 1, n_classes),
                    rng.normal(b_k, 1, n_features)) for u_k, b_k in zip(u, mean_v)]
 
-    xs, ys = [], []
-    for n_k, (w, b, v) in zip(sizes, models):
-        x = v + x_std * rng.standard_normal((n_k, n_features))  # (n_k, D)
-        xs.append(x)
-        ys.append(np.argmax(x @ w.T + b, axis=1))  # (n_k,) softmax is monotone: argmax of the logits
     n_train = sizes - np.clip(np.round(test_fraction * sizes).astype(np.int64), 1, sizes - 1)  # (K,)
     starts = np.cumsum(n_train) - n_train  # (K,) first row of each client in x_train
+    test_starts = np.cumsum(sizes - n_train) - (sizes - n_train)  # (K,) first row of each client in x_test
     client_indices = [np.arange(s, s + n) for s, n in zip(starts, n_train)]
-
-    def split(arrays: list[np.ndarray], train: bool) -> torch.Tensor:
-        return torch.from_numpy(np.concatenate([a[:n] if train else a[n:] for a, n in zip(arrays, n_train)]))
+    # Written client by client into the float32 outputs: memory is the data itself plus one client's draws.
+    x_train = np.empty((int(n_train.sum()), n_features), dtype=np.float32)
+    x_test = np.empty((int((sizes - n_train).sum()), n_features), dtype=np.float32)
+    y_train = np.empty(len(x_train), dtype=np.int64)
+    y_test = np.empty(len(x_test), dtype=np.int64)
+    for n_k, m_k, s_k, t_k, (w, b, v) in zip(sizes, n_train, starts, test_starts, models):
+        x = v + x_std * rng.standard_normal((n_k, n_features))  # (n_k, D)
+        y = np.argmax(x @ w.T + b, axis=1)  # (n_k,) softmax is monotone: argmax of the logits
+        x_train[s_k:s_k + m_k], y_train[s_k:s_k + m_k] = x[:m_k], y[:m_k]
+        x_test[t_k:t_k + n_k - m_k], y_test[t_k:t_k + n_k - m_k] = x[m_k:], y[m_k:]
 
     return Dataset(
         name="synthetic(iid)" if iid else f"synthetic({alpha:g},{beta:g})",
-        x_train=split(xs, train=True).float(),
-        y_train=split(ys, train=True).long(),
-        x_test=split(xs, train=False).float(),
-        y_test=split(ys, train=False).long(),
+        x_train=torch.from_numpy(x_train),
+        y_train=torch.from_numpy(y_train),
+        x_test=torch.from_numpy(x_test),
+        y_test=torch.from_numpy(y_test),
         n_classes=n_classes,
         input_shape=(n_features,),
         client_indices=client_indices,

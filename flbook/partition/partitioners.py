@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import validation as V
+
 
 def _as_labels(labels: np.ndarray | torch.Tensor) -> np.ndarray:
     """Labels as a 1-D NumPy array (torch tensors are moved to the CPU first)."""
@@ -26,19 +28,27 @@ def _as_labels(labels: np.ndarray | torch.Tensor) -> np.ndarray:
 
 def _class_ids(labels: np.ndarray) -> np.ndarray:
     """Labels renumbered 0..C-1 in sorted order of the classes present."""
-    return np.unique(labels, return_inverse=True)[1].reshape(-1)
+    try:
+        return np.unique(labels, return_inverse=True)[1].reshape(-1)
+    except TypeError as err:  # e.g. object labels mixing str and float
+        raise TypeError(f"labels must be mutually comparable class ids (all numbers or all strings): {err}") from err
 
 
-def _check_n_clients(n_clients: int, n_samples: int) -> None:
+def _check_n_clients(n_clients: int, n_samples: int) -> int:
     """Every client must be able to hold at least one sample."""
-    if not 1 <= n_clients <= n_samples:
-        raise ValueError(f"n_clients must be in [1, {n_samples}] (the number of samples), got {n_clients}")
+    if n_samples == 0:
+        raise ValueError("labels must hold at least one sample, got an empty array")
+    return V.integer("n_clients", n_clients, 1, n_samples)
 
 
-def _check_alpha(alpha: float) -> None:
-    """Dirichlet concentration must be positive."""
-    if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+def _check_alpha(alpha: float) -> float:
+    """Dirichlet concentration: positive and finite (alpha = inf would be an exact even split, not a draw)."""
+    return V.positive("alpha", alpha)
+
+
+def _rng(seed: int | np.random.Generator) -> np.random.Generator:
+    """The partitioner's generator: from a seed (int >= 0), or the Generator given."""
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(V.seed(seed))
 
 
 def _even_sizes(total: int, parts: int) -> np.ndarray:
@@ -90,8 +100,8 @@ def iid(labels: np.ndarray | torch.Tensor, n_clients: int, *, seed: int = 0) -> 
         [4, 3, 3]
     """
     n = len(_as_labels(labels))
-    _check_n_clients(n_clients, n)
-    return _group(_scatter(_even_sizes(n, n_clients), np.random.default_rng(seed)), n_clients)
+    n_clients = _check_n_clients(n_clients, n)
+    return _group(_scatter(_even_sizes(n, n_clients), _rng(seed)), n_clients)
 
 
 def _top_up(counts: np.ndarray, min_size: int) -> np.ndarray:
@@ -141,17 +151,16 @@ def dirichlet(
     """
     classes = _class_ids(_as_labels(labels))
     n = len(classes)
-    _check_n_clients(n_clients, n)
-    _check_alpha(alpha)
-    min_size = min(10, n // n_clients) if min_size is None else min_size
+    n_clients = _check_n_clients(n_clients, n)
+    alpha = _check_alpha(alpha)
+    min_size = min(10, n // n_clients) if min_size is None else V.integer("min_size", min_size)
     if not 0 <= min_size <= n // n_clients:
         raise ValueError(
             f"min_size must be in [0, {n // n_clients}] (n_samples // n_clients = {n} // {n_clients}), "
             f"got {min_size}: {n_clients} clients cannot each hold {min_size} of {n} samples"
         )
-    if max_redraws < 0:
-        raise ValueError(f"max_redraws must be >= 0, got {max_redraws}")
-    rng = np.random.default_rng(seed)
+    max_redraws = V.integer("max_redraws", max_redraws, 0, 10_000)  # a bound, so nothing runs for hours
+    rng = _rng(seed)
     class_sizes = np.bincount(classes)
     for _ in range(max_redraws + 1):
         proportions = rng.dirichlet(np.full(n_clients, float(alpha)), size=len(class_sizes))  # (C, K)
@@ -209,13 +218,10 @@ def pathological(
         [2, 2, 2, 2]
     """
     classes = _class_ids(_as_labels(labels))
-    _check_n_clients(n_clients, len(classes))
+    n_clients = _check_n_clients(n_clients, len(classes))
     class_sizes = np.bincount(classes)
-    if not 1 <= classes_per_client <= len(class_sizes):
-        raise ValueError(
-            f"classes_per_client must be in [1, {len(class_sizes)}] (the number of classes), got {classes_per_client}"
-        )
-    rng = np.random.default_rng(seed)
+    classes_per_client = V.integer("classes_per_client", classes_per_client, 1, len(class_sizes))  # at most C
+    rng = _rng(seed)
     holds = _class_sets(n_clients, classes_per_client, len(class_sizes), rng)
     return _group(_deal(classes, _even_split(class_sizes, holds, rng), rng), n_clients)
 
@@ -238,13 +244,15 @@ def shards(
     """
     classes = _class_ids(_as_labels(labels))
     n = len(classes)
-    _check_n_clients(n_clients, n)
+    n_clients = _check_n_clients(n_clients, n)
+    V.integer("shards_per_client", shards_per_client)
     if not 1 <= shards_per_client <= n // n_clients:
         raise ValueError(
             f"shards_per_client must be in [1, {n // n_clients}] (n_samples // n_clients, so no shard is empty), "
             f"got {shards_per_client}"
         )
-    rng = np.random.default_rng(seed)
+    shards_per_client = int(shards_per_client)
+    rng = _rng(seed)
     n_shards = n_clients * shards_per_client
     order = rng.permutation(n)
     order = order[np.argsort(classes[order], kind="stable")]  # sorted by label, shuffled within a label
@@ -280,21 +288,19 @@ def quantity_skew(
         (1000, True)
     """
     n = len(_as_labels(labels))
-    _check_n_clients(n_clients, n)
-    if not 0 <= min_size <= n // n_clients:
-        raise ValueError(f"min_size must be in [0, {n // n_clients}] (n_samples // n_clients), got {min_size}")
-    if sigma < 0:
-        raise ValueError(f"sigma must be >= 0, got {sigma}")
-    if not exponent > 0:
-        raise ValueError(f"exponent must be > 0, got {exponent}")
-    rng = np.random.default_rng(seed)
-    draws = {
-        "lognormal": lambda: rng.lognormal(0.0, sigma, n_clients),
-        "powerlaw": lambda: rng.pareto(exponent, n_clients) + 1.0,
+    n_clients = _check_n_clients(n_clients, n)
+    min_size = V.integer("min_size", min_size, 0, n // n_clients)  # at most n_samples // n_clients
+    sigma = V.non_negative("sigma", sigma)
+    exponent = V.positive("exponent", exponent)
+    rng = _rng(seed)
+    # log-weights, so heavy tails cannot overflow: log LN(0, sigma^2) = N(0, sigma^2), log(Pareto + 1) = Exp(1) / a
+    log_draws = {
+        "lognormal": lambda: rng.normal(0.0, sigma, n_clients),
+        "powerlaw": lambda: rng.standard_exponential(n_clients) / exponent,
     }
-    if distribution not in draws:
-        raise ValueError(f"distribution must be one of {sorted(draws)}, got {distribution!r}")
-    sizes = min_size + _apportion(n - min_size * n_clients, draws[distribution]())
+    V.choice("distribution", distribution, sorted(log_draws))
+    log_weights = log_draws[distribution]()
+    sizes = min_size + _apportion(n - min_size * n_clients, np.exp(log_weights - log_weights.max()))
     return _group(_scatter(sizes, rng), n_clients)
 
 
@@ -330,14 +336,18 @@ def inner_dirichlet(
     """
     classes = _class_ids(_as_labels(labels))
     n = len(classes)
-    sizes = np.asarray(sizes, dtype=np.int64)
+    given = np.asarray(sizes)
+    if given.dtype.kind not in "iu" and not (given.dtype.kind == "f" and np.isfinite(given).all()
+                                             and (given == np.round(given)).all()):
+        raise ValueError(f"sizes must be whole numbers of samples, got {sizes!r}")
+    sizes = given.astype(np.int64)
     if sizes.ndim != 1 or len(sizes) == 0 or sizes.min() < 0 or sizes.sum() != n:
         raise ValueError(
             f"sizes must be a non-empty 1-D list of sizes >= 0 summing to {n} (the number of samples), "
             f"got {len(sizes.reshape(-1))} sizes summing to {sizes.sum()}"
         )
-    _check_alpha(alpha)
-    rng = np.random.default_rng(seed)
+    alpha = _check_alpha(alpha)
+    rng = _rng(seed)
     remaining = np.bincount(classes)
     mixes = rng.dirichlet(np.full(len(remaining), float(alpha)), size=len(sizes))  # (K, C)
     counts = np.zeros((len(remaining), len(sizes)), dtype=np.int64)  # (C, K)
@@ -402,21 +412,23 @@ def feature_skew(
         >>> bool(x_shift[parts[0]].eq(0).all()), bool(x_shift[parts[1]].ne(0).any())
         (True, True)
     """
-    if kind not in _SHIFTS:
-        raise ValueError(f"kind must be one of {sorted(_SHIFTS)}, got {kind!r}")
-    if strength < 0:
-        raise ValueError(f"strength must be >= 0, got {strength}")
+    V.choice("kind", kind, sorted(_SHIFTS))
+    strength = V.non_negative("strength", strength)
     x = torch.as_tensor(x)
     if x.ndim < 2 or not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor of shape (n, ...features), got {x.dtype} {tuple(x.shape)}")
-    parts = iid(labels, n_clients, seed=seed)
+    rng = _rng(seed)
+    parts = iid(labels, n_clients, seed=rng)
     if len(x) != sum(len(p) for p in parts):
         raise ValueError(f"x must have one row per label ({sum(len(p) for p in parts)}), got {len(x)}")
-    shift = _SHIFTS[kind](x, torch.Generator().manual_seed(seed))
+    torch_seed = seed if not isinstance(seed, np.random.Generator) else int(rng.integers(2**63 - 1))
+    shift = _SHIFTS[kind](x, torch.Generator().manual_seed(torch_seed))
     shifted = x.clone()
     for k, idx in enumerate(parts):
         rows = torch.as_tensor(idx, device=x.device)
         shifted[rows] = shift(x[rows], strength * k / max(n_clients - 1, 1))
+    if not torch.isfinite(shifted).all():
+        raise ValueError(f"strength={strength:g} overflows the inputs' {x.dtype} range; use a smaller strength")
     return parts, shifted
 
 
@@ -435,6 +447,5 @@ def partition(
     name: str, labels: np.ndarray | torch.Tensor, n_clients: int, *, seed: int = 0, **params: object
 ) -> list[np.ndarray]:
     """Partition by name from `PARTITIONERS`, e.g. partition("dirichlet", y, 10, alpha=0.3): for widgets and configs."""
-    if name not in PARTITIONERS:
-        raise ValueError(f"name must be one of {sorted(PARTITIONERS)}, got {name!r}")
+    V.choice("name", name, sorted(PARTITIONERS))
     return PARTITIONERS[name](labels, n_clients, seed=seed, **params)

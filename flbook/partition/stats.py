@@ -5,14 +5,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from flbook.partition.partitioners import _as_labels
+from flbook.partition.partitioners import _as_labels, _class_ids
+
+
+def _label_ids(labels: np.ndarray) -> np.ndarray:
+    """Integer labels as they are; whole-number floats as ints; strings and other objects renumbered 0..C-1."""
+    if labels.dtype.kind in "iub":
+        return labels.astype(np.int64)
+    if labels.dtype.kind == "f":
+        if not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
+            raise ValueError(f"labels must be whole-number class ids, got non-integral values such as "
+                             f"{labels[(labels != np.round(labels)) | ~np.isfinite(labels)][0]}")
+        return labels.astype(np.int64)
+    return _class_ids(labels)  # e.g. string labels, in sorted order as the partitioners number them
 
 
 def counts_matrix(
     labels: np.ndarray | torch.Tensor, parts: list[np.ndarray], n_classes: int | None = None
 ) -> np.ndarray:
     """(clients, classes) int matrix of how many samples of each class every client holds."""
-    labels = _as_labels(labels).astype(np.int64)
+    labels = _label_ids(_as_labels(labels))
     if labels.size and labels.min() < 0:
         raise ValueError(f"labels must be class ids >= 0, got {labels.min()}")
     n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
