@@ -233,13 +233,19 @@ def chapter_modules() -> dict[str, object]:
             for info in pkgutil.iter_modules(chapters.__path__)}
 
 
-def panel_latency(modules: dict[str, object] | None = None) -> pd.DataFrame:
-    """Seconds from Run to the figure of every panel at its defaults: the foundations' and each chapter's."""
+def reader_panels() -> dict[str, tuple[Callable, dict, Callable]]:
+    """(run, controls, plot) of every panel at its defaults: the foundations' (chapters 00-02) and each chapter's."""
     panels = {"foundations (00-02)": (widgets.compare_run(progress=False), widgets.standard_controls(),
                                       plots.accuracy_figure)}
-    for name, chapter in (chapter_modules() if modules is None else modules).items():
+    for name, chapter in chapter_modules().items():
         panels[name] = (lambda values, chapter=chapter: chapter.run(values, progress=False), chapter.controls(),
                         chapter.figure)
+    return panels
+
+
+def panel_latency(panels: dict[str, tuple[Callable, dict, Callable]] | None = None) -> pd.DataFrame:
+    """Seconds from Run to the figure of each panel (default: `reader_panels()`)."""
+    panels = reader_panels() if panels is None else panels
     rows = []
     for name, (run, controls, plot) in panels.items():
         panel = widgets.control_panel(run=run, controls=controls, plot=plot)

@@ -159,7 +159,7 @@ def test_bad_input(digits_data):
         Gossip(0)
     with pytest.raises(ValueError, match=r"participation fraction must be in \(0, 1\], got 0"):
         Decentralized(fed, W, availability=0)
-    with pytest.raises(ValueError, match="rounds must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="rounds must be an integer >= 1, got 0"):
         Decentralized(fed, W).run(FedAvg(), rounds=0)
     with pytest.raises(ValueError, match="rows summing to 1"):
         Decentralized(fed, 2 * W).run(FedAvg(), rounds=1, progress=False)

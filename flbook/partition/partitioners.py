@@ -291,7 +291,7 @@ def quantity_skew(
     n_clients = _check_n_clients(n_clients, n)
     min_size = V.integer("min_size", min_size, 0, n // n_clients)  # at most n_samples // n_clients
     sigma = V.non_negative("sigma", sigma)
-    exponent = V.positive("exponent", exponent)
+    exponent = V.in_range("exponent", exponent, 1e-3, math.inf)  # below 1e-3 one client takes every sample anyway
     rng = _rng(seed)
     # log-weights, so heavy tails cannot overflow: log LN(0, sigma^2) = N(0, sigma^2), log(Pareto + 1) = Exp(1) / a
     log_draws = {
