@@ -243,6 +243,8 @@ class AsyncRun:
     def loop(self, until: float, eval_every: float, progress: bool) -> int | None:
         """Run aggregations until `until`, recording history rows on the evaluation grid; a divergence round or None."""
         grid = deque(np.arange(0.0, until * (1 + TOLERANCE), eval_every).tolist())  # evaluation times
+        if until - grid[-1] > TOLERANCE * until:
+            grid.append(until)  # the final model is always evaluated, as the synchronous loop evaluates its last round
         self.dispatch(np.arange(self.fed.n_clients) if self.owner.participation is None else self.next_clients())
         with tqdm(total=round(until, 6), desc=self.label, disable=not progress, leave=False, unit="time") as bar:
             while (step := self.next_aggregation(until)) is not None:

@@ -204,3 +204,28 @@ def test_a_robust_rule_survives_an_attack_that_breaks_fedavg(digits_data):
     fedavg, median = FedAvg(), RobustFedAvg(rule="median")
     assert final(fedavg, adversary) < 0.2 < final(fedavg, None) - 0.5  # 2 of 8 clients sending noise ruin the average
     assert final(median, adversary) > final(fedavg, adversary) + 0.4  # the coordinate median is shifted, not broken
+
+
+def test_the_final_model_is_evaluated_whatever_eval_every(digits_data):
+    runner = AsyncFederation(_federation(digits_data, Channel()), linear(N, 0.8, step_time=0.5))
+    history = runner.run(FedAvg(), 2.0, eval_every=0.75, progress=False, label="a")
+    assert history["sim_time"].tolist() == [0.0, 0.75, 1.5, 2.0]
+    assert history["test_acc"].iloc[-1] == pytest.approx(runner.federation.evaluate(runner.final_models["a"])["test_acc"])
+
+
+def test_plots_say_what_they_cannot_draw():
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from flbook.plots import learning_curves
+    from flbook.plots.staleness import staleness_histogram
+
+    history = pd.DataFrame({"algorithm": ["a"] * 3, "round": [0, 1, 2], "test_acc": [0.1, float("nan"), 0.3]})
+    with pytest.warns(RuntimeWarning, match=r"test_acc is not finite in 1 of 3 rows, first at algorithm='a', round=1"):
+        learning_curves(history)
+    with pytest.raises(ValueError, match="updates is empty: no update was applied"):
+        staleness_histogram(pd.DataFrame(columns=["algorithm", "staleness"]))
+    plt.close("all")

@@ -1,7 +1,10 @@
 """Learning curves from a history DataFrame: accuracy or loss per round, per byte or per second, one line per run."""
 from __future__ import annotations
 
+import warnings
+
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
@@ -30,6 +33,15 @@ def _axes(ax: Axes | None) -> Axes:
     return plt.subplots()[1] if ax is None else ax
 
 
+def warn_non_finite(history: pd.DataFrame, y: str, x: str, hue: str) -> None:
+    """Warn, naming the first run and point, when `y` holds NaN or inf: such points are left out of the figure."""
+    bad = ~np.isfinite(pd.to_numeric(history[y], errors="coerce").to_numpy(dtype=float))
+    if bad.any():
+        first = history[bad].iloc[0]
+        warnings.warn(f"{y} is not finite in {int(bad.sum())} of {len(history)} rows, first at {hue}={first[hue]!r}, "
+                      f"{x}={first[x]} ({first[y]}); those points are not drawn", RuntimeWarning, stacklevel=3)
+
+
 def learning_curves(history: pd.DataFrame, y: str = "test_acc", x: str = "round", ax: Axes | None = None,
                     hue: str = "algorithm") -> Axes:
     """Plot `y` against `x` with one line per value of `hue` (in order of appearance); bytes are shown in MB.
@@ -39,6 +51,7 @@ def learning_curves(history: pd.DataFrame, y: str = "test_acc", x: str = "round"
     missing = [c for c in (x, y, hue) if c not in history.columns]
     if missing:
         raise ValueError(f"history must have columns {missing}; it has {list(history.columns)}")
+    warn_non_finite(history, y, x, hue)
     data = history.assign(**{hue: history[hue].astype(str)})  # categories: one colour each, in `names` order
     if x.startswith("bytes"):
         data[x] = data[x] / MB

@@ -19,6 +19,8 @@ def _require(frame: pd.DataFrame, columns: tuple[str, ...], name: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"{name} must have columns {missing}; it has {list(frame.columns)}")
+    if frame.empty:
+        raise ValueError(f"{name} is empty: no update was applied in these runs (is the run shorter than one job?)")
 
 
 def staleness_histogram(updates: pd.DataFrame, ax: Axes | None = None, hue: str = "algorithm") -> Axes:
