@@ -6,9 +6,8 @@ import torch
 from conftest import equal_parts
 from flbook import Federation
 from flbook.algorithms import FedAvg, Scaffold
-from flbook.channel import Channel
-from flbook.channel.compression import (COMPRESSORS, QSGD, CompressedChannel, Compressor, KMeans, TopK, Uniform,
-                                        fedzip, kmeans, layers_of, make_compressor, qsgd, top_k,
+from flbook.channel.compression import (COMPRESSORS, QSGD, CompressedChannel, Compressor, KMeans, TopK,
+                                        UniformQuantizer, fedzip, kmeans, layers_of, make_compressor, qsgd, top_k,
                                         uniform)
 from flbook.models import mlp
 
@@ -17,7 +16,7 @@ PIPELINES = [
     top_k(0.1), top_k(0.1, "bitmap"), top_k(0.1, "address"), top_k(0.3, "dense"),
     uniform(8), uniform(2), qsgd(4), qsgd(1), kmeans(8), kmeans(3),
     fedzip(0.1), fedzip(0.05, encoder="gap"), fedzip(0.05, encoder="address"),
-    Compressor(TopK(k=3), Uniform(4), positions="gap", values="fixed"),
+    Compressor(TopK(k=3), UniformQuantizer(4), positions="gap", values="fixed"),
     Compressor(TopK(0.2), QSGD(2), positions="bitmap", values="huffman"),
     Compressor(quantizer=KMeans(4, pin_zero=False), values="fixed"),
 ]
@@ -85,7 +84,7 @@ def test_top_k_keeps_exactly_the_largest_entries():
 def test_uniform_error_is_at_most_half_a_step():
     rows = _rows()
     for bits in (2, 4, 8):
-        decoded, _ = Compressor(quantizer=Uniform(bits))(rows)
+        decoded, _ = Compressor(quantizer=UniformQuantizer(bits))(rows)
         step = rows.abs().amax(1, keepdim=True) / (2 ** (bits - 1) - 1)
         assert ((decoded - rows).abs() <= step / 2 * (1 + 1e-5)).all()
         assert all(len(r.unique()) <= 2**bits - 1 for r in decoded)
@@ -133,7 +132,7 @@ def test_bad_settings_are_rejected():
     with pytest.raises(ValueError, match="fraction must be in"):
         TopK(1.5)
     with pytest.raises(ValueError, match=r"bits must be an integer in \[2, 16\]"):
-        Uniform(1)
+        UniformQuantizer(1)
     with pytest.raises(ValueError, match=r"clusters must be an integer in \[2, 256\]"):
         KMeans(1)
     with pytest.raises(ValueError, match="positions must be one of"):
@@ -319,7 +318,7 @@ def test_empty_layers_pass_through():
 
 @pytest.mark.parametrize("make, message", [
     (lambda: TopK(k=2.5), "k must be an integer, got 2.5"),
-    (lambda: Uniform(bits=2.5), "bits must be an integer, got 2.5"),
+    (lambda: UniformQuantizer(bits=2.5), "bits must be an integer, got 2.5"),
     (lambda: KMeans(clusters=2.5), "clusters must be an integer, got 2.5"),
     (lambda: QSGD(levels=float("nan")), "levels must be an integer, got nan"),
     (lambda: TopK(fraction=float("nan")), r"fraction must be in \(0, 1\], got nan"),

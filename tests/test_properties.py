@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import flbook.algorithms as algorithms
 from flbook.channel import NoisyChannel
-from flbook.channel.compression import QSGD, KMeans, TopK, Uniform
+from flbook.channel.compression import QSGD, KMeans, TopK, UniformQuantizer
 from flbook.partition import dirichlet, feature_skew, iid, inner_dirichlet, pathological, quantity_skew, shards
 
 # Anything a user might pass: numbers of every kind (NaN, inf, huge, negative, fractional), bools, None, strings.
@@ -72,7 +72,8 @@ def test_feature_skew(strength, kind):
 CHANNELS = {
     "snr_db": lambda v: NoisyChannel(snr_db=v), "drop_prob": lambda v: NoisyChannel(drop_prob=v),
     "links": lambda v: NoisyChannel(links=v), "fraction": lambda v: TopK(fraction=v), "k": lambda v: TopK(k=v),
-    "bits": lambda v: Uniform(bits=v), "levels": lambda v: QSGD(levels=v), "clusters": lambda v: KMeans(clusters=v),
+    "bits": lambda v: UniformQuantizer(bits=v), "levels": lambda v: QSGD(levels=v),
+    "clusters": lambda v: KMeans(clusters=v),
     "iterations": lambda v: KMeans(iterations=v),
 }
 

@@ -4,10 +4,10 @@
 the compressors (sparsifiers, quantizers, encoders, error feedback); `huffman` the prefix codes they use.
 """
 from .base import ARRIVED, Channel, delivered, tensor_bits
-from .compression import (COMPRESSORS, QSGD, CompressedChannel, Compressor, KMeans, TopK, Uniform, fedzip, kmeans,
-                          make_compressor, qsgd, top_k, uniform)
+from .compression import (COMPRESSORS, QSGD, CompressedChannel, Compressor, KMeans, TopK, UniformQuantizer, fedzip,
+                          kmeans, make_compressor, qsgd, top_k, uniform)
 from .noise import NoisyChannel
 
 __all__ = ["ARRIVED", "Channel", "delivered", "tensor_bits", "COMPRESSORS", "QSGD", "CompressedChannel", "Compressor",
-           "KMeans", "TopK", "Uniform", "fedzip", "kmeans", "make_compressor", "qsgd", "top_k", "uniform",
+           "KMeans", "TopK", "UniformQuantizer", "fedzip", "kmeans", "make_compressor", "qsgd", "top_k", "uniform",
            "NoisyChannel"]

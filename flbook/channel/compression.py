@@ -1,7 +1,7 @@
 """Compressors for what clients (and optionally the server) send: sparsify, quantize, encode, count every bit.
 
 A `Compressor` is a pipeline applied to each layer of a message: an optional sparsifier (`TopK`), an optional
-quantizer (`Uniform`, `QSGD`, `KMeans`), and a wire format. It returns what the receiver decodes and the exact
+quantizer (`UniformQuantizer`, `QSGD`, `KMeans`), and a wire format. It returns what the receiver decodes and the exact
 number of bits the layer took; `encode`/`decode` really write and read that bitstream. One layer's wire format:
 
     count      number of non-zero entries, 32 bits                        (sparse position codes only)
@@ -136,7 +136,7 @@ class _Grid(Quantizer):
 
 
 @dataclass(frozen=True)
-class Uniform(_Grid):
+class UniformQuantizer(_Grid):
     """Deterministic rounding to 2^bits - 1 evenly spaced levels spanning [-max|v|, max|v|] (zero included)."""
 
     bits: int = 8
@@ -308,7 +308,7 @@ class Compressor:
             raise ValueError(f"values must be one of {VALUE_CODES}, got {self.values!r}")
         if self.positions != "dense" and self.quantizer is not None and self.quantizer.zero is None:
             raise ValueError(f"positions={self.positions!r} needs a quantizer with an exact zero "
-                             "(KMeans(pin_zero=True), Uniform or QSGD)")
+                             "(KMeans(pin_zero=True), UniformQuantizer or QSGD)")
 
     def __str__(self) -> str:
         return self.label or repr(self)
@@ -451,7 +451,7 @@ def top_k(fraction: float, positions: str = "gap") -> Compressor:
 
 def uniform(bits: int = 8) -> Compressor:
     """Deterministic uniform quantization to `bits` bits per entry (entropy-coded when that is shorter)."""
-    return Compressor(quantizer=Uniform(bits), label=f"uniform({bits} bits)")
+    return Compressor(quantizer=UniformQuantizer(bits), label=f"uniform({bits} bits)")
 
 
 def qsgd(levels: int = 4) -> Compressor:
