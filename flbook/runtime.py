@@ -8,17 +8,26 @@ from typing import Iterator
 import torch
 
 
+def _parse(value: str | torch.device, name: str) -> torch.device:
+    """The torch device `value` names (`name` says where it came from), refusing one this machine does not have."""
+    try:
+        parsed = torch.device(value)
+    except RuntimeError as err:
+        raise ValueError(f"{name} must name a torch device such as 'cpu' or 'cuda:0', got {value!r}") from err
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}={value!r} but CUDA is not available on this machine; use 'cpu'")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"{name}={value!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if parsed.type not in ("cpu", "cuda", "mps", "meta") or (parsed.type == "mps" and not torch.backends.mps.is_available()):
+        raise ValueError(f"{name}={value!r} is not available here; use 'cpu' or 'cuda'")
+    return parsed
+
+
 def default_device() -> torch.device:
     """The device to train on: `FLBOOK_DEVICE` if set, else CUDA when available, else CPU."""
     name = os.environ.get("FLBOOK_DEVICE", "").strip()
     if name:
-        try:
-            device = torch.device(name)
-        except RuntimeError as err:
-            raise ValueError(f"FLBOOK_DEVICE must name a torch device such as 'cpu' or 'cuda:0', got {name!r}") from err
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"FLBOOK_DEVICE={name!r} but CUDA is not available on this machine")
-        return device
+        return _parse(name, "FLBOOK_DEVICE")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -28,17 +37,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return default_device()
     if not isinstance(device, (str, torch.device)):
         raise TypeError(f"device must be a device name such as 'cpu' or 'cuda:0', or None, got {device!r}")
-    try:
-        parsed = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda:0', got {device!r}") from err
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available on this machine; use 'cpu'")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if parsed.type not in ("cpu", "cuda", "mps", "meta") or (parsed.type == "mps" and not torch.backends.mps.is_available()):
-        raise ValueError(f"device={device!r} is not available here; use 'cpu' or 'cuda'")
-    return parsed
+    return _parse(device, "device")
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ def names(prefix):
     return sorted({k.rsplit("/", 1)[0] for k in GOLDEN.files if k.startswith(prefix)})
 
 
-def close(a, b):
+def assert_close(a, b):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -34,31 +34,31 @@ def test_sign_flipping_matches_byzfl_and_is_minus_the_honest_mean():
     honest, out, _ = case("attack/sign_flipping")
     b = A.sign_flipping(honest, 3)
     assert b.shape == (3, honest.shape[1])
-    close(b[1], out)
+    assert_close(b[1], out)
     assert torch.equal(b[0], -honest.mean(0))
 
 
 @pytest.mark.parametrize("name", names("attack/ipm"))
 def test_fall_of_empires_matches_byzfl_ipm(name):
     honest, out, params = case(name)
-    close(A.fall_of_empires(honest, 2, z=params["z"])[0], out)
+    assert_close(A.fall_of_empires(honest, 2, z=params["z"])[0], out)
 
 
 @pytest.mark.parametrize("name", names("attack/alie"))
 def test_alie_matches_byzfl(name):
     honest, out, params = case(name)
-    close(A.a_little_is_enough(honest, 2, z=params["z"])[0], out)
+    assert_close(A.a_little_is_enough(honest, 2, z=params["z"])[0], out)
 
 
 def test_mimic_inf_and_gaussian_match_byzfl():
     honest, out, params = case("attack/mimic")
     assert torch.equal(A.mimic(honest, 2, target=params["target"]), honest[params["target"]].expand(2, -1))
-    close(A.mimic(honest, 1, target=params["target"])[0], out)
+    assert_close(A.mimic(honest, 1, target=params["target"])[0], out)
     honest, out, _ = case("attack/inf")
     assert torch.equal(A.inf(honest, 2)[0], out)
     honest, out, params = case("attack/gaussian")  # ByzFL draws torch.randn(P) from a seeded global generator
     g = torch.Generator().manual_seed(params["seed"])
-    close(A.gaussian(honest, 1, mu=params["mu"], sigma=params["sigma"], generator=g)[0], out)
+    assert_close(A.gaussian(honest, 1, mu=params["mu"], sigma=params["sigma"], generator=g)[0], out)
 
 
 def line_search_rule(params):
@@ -81,7 +81,7 @@ def test_card_invariants_foe_alie():
     assert torch.equal(A.fall_of_empires(honest, 2, z=1.0), torch.zeros(2, 6))
     assert torch.equal(A.fall_of_empires(honest, 2, z=0.0)[0], honest.mean(0))
     assert torch.equal(A.a_little_is_enough(honest, 2, z=0.0)[0], honest.mean(0))
-    close(A.fall_of_empires(honest, 1, z=3.0)[0], -2 * honest.mean(0))
+    assert_close(A.fall_of_empires(honest, 1, z=3.0)[0], -2 * honest.mean(0))
 
 
 def test_label_flipping_is_an_involution():
@@ -94,8 +94,8 @@ def test_label_flipping_is_an_involution():
 
 def test_scales_broadcast_for_the_batched_search():
     honest, z = honest_stack(), torch.tensor([0.0, 0.5, 2.0])
-    close(A.alie_vector(honest, z)[2], A.a_little_is_enough(honest, 1, z=2.0)[0])
-    close(A.foe_vector(honest, z)[1], A.fall_of_empires(honest, 1, z=0.5)[0])
+    assert_close(A.alie_vector(honest, z)[2], A.a_little_is_enough(honest, 1, z=2.0)[0])
+    assert_close(A.foe_vector(honest, z)[1], A.fall_of_empires(honest, 1, z=0.5)[0])
 
 
 def test_line_search_calls_the_rule_once_and_picks_the_worst_scale():
@@ -112,7 +112,7 @@ def test_line_search_calls_the_rule_once_and_picks_the_worst_scale():
     objective = torch.stack([(rule(torch.cat([honest, A.a_little_is_enough(honest, 2, z=s)])) - honest.mean(0)).norm()
                              for s in scales])
     assert best == scales[int(objective.argmax())]
-    close(b, A.a_little_is_enough(honest, 2, z=best))
+    assert_close(b, A.a_little_is_enough(honest, 2, z=best))
     assert best > 0
 
 
@@ -164,9 +164,9 @@ def test_bad_input_is_rejected(call, match):
 def test_cross_check_against_installed_byzfl():
     import byzfl
     honest = honest_stack(5, h=11, p=15)
-    close(A.sign_flipping(honest, 1)[0], byzfl.SignFlipping()(honest))
-    close(A.fall_of_empires(honest, 1, z=2.5)[0], byzfl.InnerProductManipulation(tau=1.5)(honest))
-    close(A.a_little_is_enough(honest, 1, z=0.7)[0], byzfl.ALittleIsEnough(tau=0.7)(honest))
+    assert_close(A.sign_flipping(honest, 1)[0], byzfl.SignFlipping()(honest))
+    assert_close(A.fall_of_empires(honest, 1, z=2.5)[0], byzfl.InnerProductManipulation(tau=1.5)(honest))
+    assert_close(A.a_little_is_enough(honest, 1, z=0.7)[0], byzfl.ALittleIsEnough(tau=0.7)(honest))
     search = byzfl.Optimal_ALittleIsEnough(agg=byzfl.TrMean(f=3), pre_agg_list=[], f=3)
     rule = R.RobustRule("trimmed_mean", f=3)
     ours = A.line_search_objective(honest, 3, A.alie_vector, rule, torch.tensor([0.3, 2.0]))

@@ -139,7 +139,8 @@ def test_a_tiny_eval_every_is_refused_at_once(digits_data):
 def test_a_run_with_no_aggregation_says_so(digits_data):
     runner = AsyncFederation(_federation(digits_data, Channel()), linear(N, 0.5, step_time=10.0))
     with pytest.warns(RuntimeWarning, match="no aggregation happened before until=1"):
-        runner.run(FedAvg(), 1.0, progress=False)
+        history = runner.run(FedAvg(), 1.0, progress=False)
+    assert history["round"].max() == 0
 
 
 def test_a_round_in_which_nothing_arrives_is_reported(digits_data):

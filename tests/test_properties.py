@@ -20,7 +20,7 @@ FAST = settings(max_examples=25, deadline=2000, suppress_health_check=[HealthChe
 Y = np.repeat(np.arange(5), 20)  # 100 labels, 5 classes
 
 
-def result_or_named_error(call, name: str):
+def assert_result_or_named_error(call, name: str):
     """The call's result, or None after checking that its ValueError/TypeError names `name`."""
     try:
         return call()
@@ -55,7 +55,7 @@ PARTITIONERS = {
 @given(value=ANYTHING)
 def test_partitioners(case, value):
     call, name = PARTITIONERS[case](value)
-    parts = result_or_named_error(call, name)
+    parts = assert_result_or_named_error(call, name)
     if parts is not None:
         assert_partition(parts, len(Y))
 
@@ -63,7 +63,7 @@ def test_partitioners(case, value):
 @FAST
 @given(strength=ANYTHING, kind=st.sampled_from(["noise", "rotation", "blur"]))
 def test_feature_skew(strength, kind):
-    out = result_or_named_error(lambda: feature_skew(torch.randn(100, 4), Y, 5, kind=kind, strength=strength),
+    out = assert_result_or_named_error(lambda: feature_skew(torch.randn(100, 4), Y, 5, kind=kind, strength=strength),
                                 "strength" if kind != "blur" else "kind")
     if out is not None:
         assert torch.isfinite(out[1]).all()
@@ -82,7 +82,7 @@ CHANNELS = {
 @FAST
 @given(value=ANYTHING)
 def test_channel_constructors(name, value):
-    result_or_named_error(lambda: CHANNELS[name](value), name)
+    assert_result_or_named_error(lambda: CHANNELS[name](value), name)
 
 
 ALGORITHM_PARAMETERS = [
@@ -98,4 +98,4 @@ ALGORITHM_PARAMETERS = [
 @settings(max_examples=15, deadline=2000)
 @given(value=ANYTHING)
 def test_algorithm_constructors(algorithm, name, value):
-    result_or_named_error(lambda: getattr(algorithms, algorithm)(**{name: value}), name)
+    assert_result_or_named_error(lambda: getattr(algorithms, algorithm)(**{name: value}), name)

@@ -26,64 +26,64 @@ def stack(seed, m=10, p=8, outliers=0, scale=8.0):
     return x
 
 
-def close(a, b):
+def assert_close(a, b):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("x, out, params", golden("mean"))
 def test_mean_matches_byzfl(x, out, params):
-    close(R.mean(x), out)
+    assert_close(R.mean(x), out)
 
 
 @pytest.mark.parametrize("x, out, params", golden("median"))
 def test_median_matches_byzfl(x, out, params):
-    close(R.coordinate_median(x), out)
+    assert_close(R.coordinate_median(x), out)
 
 
 @pytest.mark.parametrize("x, out, params", golden("trimmed_mean"))
 def test_trimmed_mean_matches_byzfl(x, out, params):
-    close(R.trimmed_mean(x, params["f"]), out)
+    assert_close(R.trimmed_mean(x, params["f"]), out)
 
 
 @pytest.mark.parametrize("x, out, params", golden("krum"))
 def test_krum_matches_byzfl(x, out, params):
-    close(R.krum(x, params["f"], convention="byzfl"), out)
+    assert_close(R.krum(x, params["f"], convention="byzfl"), out)
 
 
 @pytest.mark.parametrize("x, out, params", golden("multi_krum"))
 def test_multi_krum_matches_byzfl(x, out, params):
-    close(R.multi_krum(x, params["f"], convention="byzfl"), out)
+    assert_close(R.multi_krum(x, params["f"], convention="byzfl"), out)
 
 
 @pytest.mark.parametrize("x, out, params", golden("geometric_median") + golden("geometric_median_long"))
 def test_geometric_median_matches_byzfl(x, out, params):
     # ByzFL starts Weiszfeld at zero and runs a fixed number of steps: init=0, tol=0 reproduces it
     z = R.geometric_median(x, nu=params["nu"], max_iter=params["max_iter"], tol=0, init=torch.zeros(x.shape[1]))
-    close(z, out)
+    assert_close(z, out)
 
 
 @pytest.mark.parametrize("x, out, params", golden("centered_clipping"))
 def test_centered_clipping_matches_byzfl(x, out, params):
-    close(R.centered_clipping(x, tau=params["tau"], iters=params["iters"]), out)
+    assert_close(R.centered_clipping(x, tau=params["tau"], iters=params["iters"]), out)
 
 
 @pytest.mark.parametrize("x, out, params", golden("nnm"))
 def test_nnm_matches_byzfl(x, out, params):
     mixed, weights = R.nnm(x, params["f"])
-    close(mixed, out)
+    assert_close(mixed, out)
     assert weights is None
 
 
 @pytest.mark.parametrize("x, out, params", golden("nna"))
 def test_nna_matches_byzfl_monna(x, out, params):
-    close(R.nearest_neighbour_average(x, params["f"], x[params["pivot"]][None]).squeeze(0), out)
+    assert_close(R.nearest_neighbour_average(x, params["f"], x[params["pivot"]][None]).squeeze(0), out)
 
 
 @pytest.mark.parametrize("x, out, params", golden("bucketing"))
 def test_bucketing_matches_byzfl_with_the_same_permutation(x, out, params):
     g = torch.Generator().manual_seed(params["seed"])
     buckets, _ = R.bucketing(x, params["bucket_size"], generator=g)
-    close(buckets, out)
+    assert_close(buckets, out)
 
 
 def test_median_of_an_even_count_both_readings():
@@ -100,7 +100,7 @@ def test_krum_conventions_agree_when_they_count_the_same_neighbours():
         x = stack(seed, m=12, outliers=3)
         for f in (0, 1, 2, 3):  # paper: M - f - 2 neighbours; byzfl with f + 1: M - (f + 1) - 1, the same count
             paper, byz = R.krum_scores(x, f, "paper"), R.krum_scores(x, f + 1, "byzfl")
-            close(paper, byz * (12 - f - 2))  # sum = count * mean
+            assert_close(paper, byz * (12 - f - 2))  # sum = count * mean
             assert torch.equal(R.krum(x, f, "paper"), R.krum(x, f + 1, "byzfl"))
 
 
@@ -126,27 +126,27 @@ RULES = [("mean", {}), ("median", {}), ("trimmed_mean", {"f": 2}), ("geometric_m
 def test_every_rule_is_permutation_invariant(rule, kwargs):
     x = stack(1, m=11, outliers=2)
     perm = torch.randperm(11, generator=torch.Generator().manual_seed(0))
-    close(R.RULES[rule](x[perm], **kwargs), R.RULES[rule](x, **kwargs))
+    assert_close(R.RULES[rule](x[perm], **kwargs), R.RULES[rule](x, **kwargs))
 
 
 @pytest.mark.parametrize("rule, kwargs", RULES, ids=[r for r, _ in RULES])
 def test_every_rule_broadcasts_over_leading_dimensions(rule, kwargs):
     xs = torch.stack([stack(s, m=9, outliers=1) for s in range(4)])  # (4, 9, 8)
     batched = R.RULES[rule](xs, **kwargs)
-    close(batched, torch.stack([R.RULES[rule](x, **kwargs) for x in xs]))
+    assert_close(batched, torch.stack([R.RULES[rule](x, **kwargs) for x in xs]))
 
 
 @pytest.mark.parametrize("rule, kwargs", RULES, ids=[r for r, _ in RULES])
 def test_every_rule_returns_v_when_all_messages_are_v(rule, kwargs):
     v = torch.randn(8)
     extra = {"center": v} if rule == "centered_clipping" else {}  # from center v, clipping moves nothing
-    close(R.RULES[rule](v.expand(9, 8).clone(), **kwargs, **extra), v)
+    assert_close(R.RULES[rule](v.expand(9, 8).clone(), **kwargs, **extra), v)
 
 
 def test_nnm_and_nna_with_f_zero_give_the_exact_mean():
     x = stack(2, m=7)
-    close(R.nearest_neighbour_average(x, 0, x[:3]), x.mean(0).expand(3, -1))
-    close(R.nnm(x, 0)[0], x.mean(0).expand(7, -1))
+    assert_close(R.nearest_neighbour_average(x, 0, x[:3]), x.mean(0).expand(3, -1))
+    assert_close(R.nnm(x, 0)[0], x.mean(0).expand(7, -1))
 
 
 def test_nna_returns_v_when_the_kept_messages_are_copies_of_v():
@@ -162,14 +162,14 @@ def test_weighted_mean_is_fedavg_and_bucketing_keeps_it():
     assert torch.equal(R.RobustRule("mean")(x, w), w @ x)
     buckets, bw = R.bucketing(x, 4, w, generator=torch.Generator().manual_seed(0))
     assert buckets.shape == (2, 8) and torch.allclose(bw.sum(), torch.tensor(1.0))
-    close(R.mean(buckets, bw), w @ x)
+    assert_close(R.mean(buckets, bw), w @ x)
 
 
 def test_weighted_geometric_median_and_clipping_follow_the_weights():
     x = stack(4, m=5)
     heavy = torch.tensor([0.96, 0.01, 0.01, 0.01, 0.01])
     assert (R.geometric_median(x, heavy) - x[0]).norm() < 1e-3
-    close(R.centered_clipping(x, heavy, tau=1e6), heavy @ x)  # no clipping: the weighted mean
+    assert_close(R.centered_clipping(x, heavy, tau=1e6), heavy @ x)  # no clipping: the weighted mean
 
 
 def test_geometric_median_converges_to_a_stationary_point_and_resists_outliers():
@@ -197,7 +197,7 @@ def test_robust_rule_composes_pre_aggregators():
     assert torch.equal(rule(x, generator=g()), R.krum(buckets, 1))
     assert str(rule) == "nnm -> bucketing -> krum (f=1)"
     cc = R.RobustRule("centered_clipping", options={"tau": 0.1})
-    close(cc(x, center=x[5]), R.centered_clipping(x, tau=0.1, center=x[5]))
+    assert_close(cc(x, center=x[5]), R.centered_clipping(x, tau=0.1, center=x[5]))
 
 
 @pytest.mark.parametrize("call, match", [
@@ -232,13 +232,13 @@ def test_cross_check_against_installed_byzfl():
     import byzfl
     for seed in range(3):
         x = stack(seed, m=13, p=20, outliers=3)
-        close(R.coordinate_median(x), byzfl.Median()(x))
-        close(R.trimmed_mean(x, 3), byzfl.TrMean(f=3)(x))
-        close(R.krum(x, 3, "byzfl"), byzfl.Krum(f=3)(x))
-        close(R.multi_krum(x, 3, convention="byzfl"), byzfl.MultiKrum(f=3)(x))
-        close(R.nnm(x, 3)[0], byzfl.NNM(f=3)(x))
-        close(R.centered_clipping(x, tau=1.0, iters=2), byzfl.CenteredClipping(L=2, tau=1.0)(x))
-        close(R.geometric_median(x, nu=0.1, max_iter=5, tol=0, init=torch.zeros(20)),
+        assert_close(R.coordinate_median(x), byzfl.Median()(x))
+        assert_close(R.trimmed_mean(x, 3), byzfl.TrMean(f=3)(x))
+        assert_close(R.krum(x, 3, "byzfl"), byzfl.Krum(f=3)(x))
+        assert_close(R.multi_krum(x, 3, convention="byzfl"), byzfl.MultiKrum(f=3)(x))
+        assert_close(R.nnm(x, 3)[0], byzfl.NNM(f=3)(x))
+        assert_close(R.centered_clipping(x, tau=1.0, iters=2), byzfl.CenteredClipping(L=2, tau=1.0)(x))
+        assert_close(R.geometric_median(x, nu=0.1, max_iter=5, tol=0, init=torch.zeros(20)),
               byzfl.GeometricMedian(nu=0.1, T=5)(x))
 
 
@@ -252,6 +252,6 @@ def test_order_statistics_agree_with_a_full_sort_with_ties_and_infs(seed):
     for f in range(0, (m - 1) // 2 + 1):
         kept = s[f:m - f]
         expected = torch.where(kept[0] == kept[-1], kept[0], kept.sum(0) / (m - 2 * f))
-        close(R.trimmed_mean(x, f), expected)
+        assert_close(R.trimmed_mean(x, f), expected)
     expected = s[(m - 1) // 2] if m % 2 else (s[m // 2 - 1] + s[m // 2]) / 2
-    close(R.coordinate_median(x), expected)
+    assert_close(R.coordinate_median(x), expected)
