@@ -217,3 +217,28 @@ def test_admm_curves_floors_and_figure():
     plt.close("all")
     with pytest.raises(ValueError, match="algorithms must be a non-empty selection of"):
         methods_from({"algorithms": ("SGD",)})
+
+
+def test_matched_step_sizes_apply_fedfix_weight_per_time_unit():
+    from flbook.chapters.ch22_async_fedfix import schemes_from, weight_per_time
+
+    job_time = np.array([1.0, 0.5, 0.25, 0.2])
+    rate = weight_per_time(job_time, buffer_size=2, period=0.5)
+    assert rate == pytest.approx({"sync": 1.0, "async": 12.0, "fedbuff": 6.0, "fedfix": 2.0})
+    matched = schemes_from({"match_steps": True, "buffer_size": 2, "period": 0.5}, job_time)
+    steps = [algorithm.server_lr for algorithm in matched.values()]
+    assert steps == pytest.approx([2.0, 2 / 12, 2 / 6, 1.0])  # every scheme then moves 2 per time unit
+    assert list(matched)[0] == "FedAvg (sync) (η_g=2)"
+    assert [a.server_lr for a in schemes_from({}).values()] == [1.0] * 4
+    with pytest.raises(ValueError, match="match_steps needs the clients' job times"):
+        schemes_from({"match_steps": True})
+
+
+def test_fedstale_can_estimate_participation():
+    from flbook.chapters import ch21_fedstale
+
+    values = {"dataset": "digits", "model": "logistic", "n_clients": 6, "rounds": 10, "betas": (0.5,), "seeds": 1,
+              "participation": 0.55, "participation_gap": 0.9, "partitioner": "dirichlet", "alpha": 0.3}
+    known = ch21_fedstale.run(values, progress=False)
+    estimated = ch21_fedstale.run({**values, "known_p": False}, progress=False)
+    assert not np.allclose(known.test_loss.to_numpy()[1:], estimated.test_loss.to_numpy()[1:])

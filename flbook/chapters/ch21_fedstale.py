@@ -19,7 +19,8 @@ from ..algorithms import FedStale
 from ..widgets import federation_from, knob, participation_controls, participation_from, standard_controls
 
 BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the betas a panel offers
-DEFAULTS: dict[str, object] = {"participation": 0.55, "participation_gap": 0.9, "betas": (0.0, 0.5, 1.0), "seeds": 2}
+DEFAULTS: dict[str, object] = {"participation": 0.55, "participation_gap": 0.9, "betas": (0.0, 0.5, 1.0), "seeds": 2,
+                               "known_p": True}
 
 
 def beta_label(beta: float) -> str:
@@ -30,6 +31,7 @@ def beta_label(beta: float) -> str:
 def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
     """FedStale for each of values["betas"] and values["seeds"] seeds on the two-group federation the values describe.
 
+    FedStale divides by the known p_k (values["known_p"], default) or estimates 1/p_k online as FedAU does.
     Returns one history with columns beta, seed, alpha and gap added."""
     betas, seeds = tuple(values.get("betas", DEFAULTS["betas"])), int(values.get("seeds", 1))
     first = int(values.get("seed", 0))
@@ -40,7 +42,8 @@ def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
         for seed in range(first, first + seeds):
             participation = participation_from({**values, "seed": seed})
             fed = federation_from({**values, "seed": seed, "participation": participation})
-            p = tuple(participation.probabilities(fed.n_clients))
+            # known p_k (the participation model's), or estimated online from the gaps between participations
+            p = tuple(participation.probabilities(fed.n_clients)) if values.get("known_p", True) else None
             for beta in betas:
                 history = fed.run(FedStale(beta=beta, probabilities=p), int(values.get("rounds", 200)), eval_every=5,
                                   progress=False, on_divergence="stop", label=beta_label(beta))
@@ -84,4 +87,5 @@ def controls(**overrides: object) -> dict:
     shared = {key: widget for key, widget in standard_controls(**overrides).items() if key != "algorithms"}
     return {**shared, **participation_controls(own["participation"], own["participation_gap"]),
             "betas": knob("SelectMultiple", tuple(own["betas"]), "β values", options=BETAS, rows=5),
-            "seeds": knob("IntSlider", own["seeds"], "seeds", min=1, max=5)}
+            "seeds": knob("IntSlider", own["seeds"], "seeds", min=1, max=5),
+            "known_p": knob("Checkbox", own["known_p"], "known p_k (else estimated)")}
