@@ -17,6 +17,7 @@ import torch
 from . import validation as V
 
 DISTRIBUTIONS = ("constant", "linear", "uniform", "lognormal")
+MAX_CLIENTS = 10**6  # devices one draw makes: a few float64 arrays of this length, tens of MB
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,9 @@ def draw(n_clients: int, distribution: str = "lognormal", spread: float = 0.5, *
     client 0 slowest: Fraboni et al.'s "F-X" with spread = X/100); 'uniform' on [1 - spread, 1];
     'lognormal' exp(spread * N(0, 1)). Multipliers scale `step_time` and `latency`.
     score, correlation: with a score per client (e.g. `class_share(...)`), the slow draws go to
-    high-score clients, with rank correlation about `correlation` in [-1, 1] (1: exactly by score)."""
-    n_clients = V.integer("n_clients", n_clients, 1)
+    high-score clients, with rank correlation about `correlation` in [-1, 1] (1: exactly by score).
+    n_clients is at most MAX_CLIENTS = 10**6, so memory stays bounded."""
+    n_clients = V.integer("n_clients", n_clients, 1, MAX_CLIENTS)
     correlation = V.in_range("correlation", correlation, -1, 1)
     step_time, latency = V.positive("step_time", step_time), V.non_negative("latency", latency)
     V.choice("distribution", distribution, DISTRIBUTIONS)
@@ -130,7 +132,9 @@ def draw(n_clients: int, distribution: str = "lognormal", spread: float = 0.5, *
 
 
 def linear(n_clients: int, spread: float, step_time: float = 1.0, latency: float = 0.0) -> Devices:
-    """Fraboni et al.'s scenario F-X, spread = X/100: step times from `step_time` (client 0) to (1 - spread) x that."""
+    """Fraboni et al.'s scenario F-X, spread = X/100: step times from `step_time` (client 0) to (1 - spread) x that.
+
+    n_clients is at most MAX_CLIENTS = 10**6, as in `draw`."""
     return draw(n_clients, "linear", spread, step_time=step_time, latency=latency)
 
 

@@ -62,3 +62,10 @@ def test_devices_validate_their_arrays():
 def test_slowed_takes_a_range():
     slow = devices.linear(4, 0.5).slowed(range(2), extra_latency=1.0)
     assert slow.latency.tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("make", [lambda n: devices.draw(n), lambda n: devices.linear(n, 0.5)])
+def test_huge_federations_are_refused_with_the_bound(make):
+    with pytest.raises(ValueError, match=r"n_clients must be an integer in \[1, 1000000\], got 1180591620717411303424"):
+        make(2**70)
+    assert make(devices.MAX_CLIENTS).n_clients == 10**6
