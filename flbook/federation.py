@@ -206,6 +206,8 @@ class Federation:
         if channel is not None and not isinstance(channel, Channel):
             raise TypeError(f"channel must be a flbook.channel.Channel or None, got {type(channel).__name__}")
         self.device = resolve_device(device)
+        if self.device.type == "meta":
+            raise ValueError("device='meta' holds no data to train on; use 'cpu' or 'cuda'")
         self.dataset = dataset
         parts = dataset.client_indices if partition is None else partition
         if parts is None:
@@ -235,12 +237,15 @@ class Federation:
 
     def _set_partition(self, parts: Sequence[np.ndarray], n_samples: int) -> None:
         """Check the partition once: integer indices in range, no empty client, no sample held twice."""
+        if isinstance(parts, (str, bytes, dict)) or not isinstance(parts, Iterable):
+            raise TypeError(f"partition must be a list of index arrays, one per client, got {parts!r}")
         parts = [V.index_array(f"partition[{k}]", p, n_samples) for k, p in enumerate(parts)]
         if len(parts) == 0:
             raise ValueError("partition must hold at least one client")
         sizes = np.array([len(p) for p in parts])
         if (sizes == 0).any():
-            raise ValueError(f"every client needs at least one sample; client {int(np.argmin(sizes))} has none")
+            raise ValueError(f"partition must give every client at least one sample; partition[{int(np.argmin(sizes))}] "
+                             f"is empty")
         order = np.concatenate(parts)
         held = np.bincount(order, minlength=n_samples)
         if (held > 1).any():

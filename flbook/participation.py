@@ -121,12 +121,12 @@ class Bernoulli:
             if len(ids):
                 return ids
         raise ValueError(f"no client took part in {draws} draws: with p in [{p.min():.3g}, {p.max():.3g}] "
-                         f"a round is empty with probability {np.prod(1 - p):.6g}; raise p")
+                         f"a round is empty with probability {np.exp(np.log1p(-p).sum()):.6g}; raise p")
 
     def probabilities(self, n_clients: int) -> np.ndarray:
         """P(client k takes part in a round), empty rounds excluded: p_k / (1 - prod_j (1 - p_j)), shape (N,)."""
         p = self._check(n_clients)
-        return p / (1 - np.prod(1 - p))
+        return p / -np.expm1(np.log1p(-p).sum())  # 1 - prod(1 - p_j), without underflow for tiny p
 
 
 def two_groups(n_clients: int, rate: float, gap: float) -> Bernoulli:

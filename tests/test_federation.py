@@ -150,7 +150,7 @@ def test_bad_runs_and_partitions_are_rejected(digits_data, skewed):
         Federation(digits_data, skewed, "logistic").run(FedAvg(), 0)
     with pytest.raises(ValueError, match="executor must be"):
         Federation(digits_data, skewed, "logistic", executor="gpu")
-    with pytest.raises(ValueError, match="client 1 has none"):
+    with pytest.raises(ValueError, match=r"partition\[1\] is empty"):
         Federation(digits_data, [skewed[0], np.array([], dtype=int)], "logistic")
     with pytest.raises(ValueError, match="partition is required"):
         Federation(digits_data, None, "logistic")
@@ -342,3 +342,13 @@ def test_compare_names_the_runs_that_diverged(digits_data, skewed):
     assert list(h.attrs["diverged"]) == ["bad"] and h.attrs["diverged"]["bad"] >= 1
     with pytest.raises(ValueError, match="distinct labels"):
         fed.compare([FedAvg(), FedAvg()], 1, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"partition": 5}, TypeError, "partition must be a list of index arrays, one per client, got 5"),
+    ({"partition": "abc"}, TypeError, "partition must be a list of index arrays"),
+    ({"device": "meta"}, ValueError, "device='meta' holds no data"),
+])
+def test_partition_that_is_no_list_and_meta_device_are_refused(digits_data, skewed, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        Federation(digits_data, **{"partition": skewed, "model": "logistic", **kwargs})

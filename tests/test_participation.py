@@ -119,3 +119,16 @@ def test_bernoulli_redraws_are_bounded_in_coin_flips_for_large_federations():
     with pytest.raises(ValueError, match=f"no client took part in {MAX_COIN_FLIPS // n} draws"):
         Bernoulli((1e-12,) * n).sample(1, n, np.random.default_rng(0))
     assert time.perf_counter() - start < 5.0
+
+
+def test_bernoulli_probabilities_stay_finite_for_tiny_p():
+    """1 - prod(1 - p) underflowed to 0 for p = 1e-309, and the conditional probabilities were inf."""
+    np.testing.assert_allclose(Bernoulli((1e-309, 1e-309)).probabilities(2), [0.5, 0.5])
+    np.testing.assert_allclose(Bernoulli((0.5, 0.5)).probabilities(2), [2 / 3, 2 / 3])
+
+
+def test_bad_scores_and_rates_name_their_parameter():
+    with pytest.raises(TypeError, match="score must be a sequence of numbers"):
+        data_correlated(["a"], 0.5, 0.5)
+    with pytest.raises(TypeError, match="p must be a sequence of probabilities"):
+        Bernoulli(("x",))
