@@ -191,10 +191,13 @@ class Federation:
                  threads: int | str | None = "auto"):
         if not isinstance(dataset, Dataset):
             raise TypeError(f"dataset must be a flbook.data.Dataset (e.g. load('digits')), got {type(dataset).__name__}")
-        local_steps = V.integer("local_steps", local_steps, 1)
-        batch_size = V.integer("batch_size", batch_size, 1)
+        # A round draws clients x steps x batch_size <= V.MAX_SAMPLES_DRAWN ids (see _check_round_size), which
+        # bounds each of these on its own too: refused here first, with the parameter's name.
+        local_steps = V.integer("local_steps", local_steps, 1, V.MAX_SAMPLES_DRAWN)
+        batch_size = V.integer("batch_size", batch_size, 1, V.MAX_SAMPLES_DRAWN)
         lr = V.positive("lr", lr)
-        local_epochs = None if local_epochs is None else V.positive("local_epochs", local_epochs)
+        local_epochs = None if local_epochs is None else V.in_range("local_epochs", local_epochs, 0,
+                                                                    V.MAX_SAMPLES_DRAWN, lo_inclusive=False)
         weight_decay = V.non_negative("weight_decay", weight_decay)
         seed = V.seed(seed)
         if threads not in ("auto", None):

@@ -242,7 +242,7 @@ def test_explore_bounds_its_epochs(digits_data, skewed):
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"local_epochs": float("inf")}, ValueError, "local_epochs must be a finite number > 0, got inf"),
+    ({"local_epochs": float("inf")}, ValueError, r"local_epochs must be in \(0, 1e\+08\], got inf"),
     ({"weight_decay": float("nan")}, ValueError, "weight_decay must be a finite number >= 0, got nan"),
     ({"lr": "0.1"}, TypeError, "lr must be a real number"),
     ({"seed": 2**64}, ValueError, "seed must be an integer in"),
@@ -258,7 +258,9 @@ def test_explore_bounds_its_epochs(digits_data, skewed):
     ({"batch_size": 10**7}, ValueError, "a round would draw up to .* samples"),
     ({"local_steps": 10**7}, ValueError, "a round would draw up to"),
     ({"local_epochs": 1e5}, ValueError, "a round would draw up to"),
-    ({"local_epochs": 1e18}, ValueError, "a round would draw up to"),
+    ({"local_epochs": 1e18}, ValueError, r"local_epochs must be in \(0, 1e\+08\], got 1e\+18"),
+    ({"local_steps": 1.87e306}, ValueError, r"local_steps must be an integer in \[1, 100000000\], got 1.87e\+306"),
+    ({"batch_size": 2**70}, ValueError, r"batch_size must be an integer in \[1, 100000000\]"),
     ({"model": None}, TypeError, "model must be one of"),
 ])
 def test_bad_settings_are_rejected_at_construction(digits_data, skewed, kwargs, error, message):

@@ -12,6 +12,7 @@ import torch
 from flbook import validation as V
 from flbook.data.base import Dataset
 
+MAX_STD = 1e6  # alpha and beta: larger standard deviations overflow the float32 inputs or the logits
 MAX_CLIENTS = 100_000
 MAX_FEATURES = 10_000
 MAX_CLASSES = 1_000
@@ -36,11 +37,12 @@ def synthetic(alpha: float = 1.0, beta: float = 1.0, *, n_clients: int = 30, iid
     `client_indices[k]` indexes client k's rows of x_train.
 
     Bounds, so that memory stays bounded and a too-large request fails at once with a clear error:
+    alpha, beta <= 1e6 (larger ones overflow the float32 inputs);
     n_clients <= 100,000, n_features <= 10,000, n_classes <= 1,000; the client models hold at most
     n_clients x n_classes x n_features = 5e7 numbers (400 MB), and the data (the drawn client sizes times
     n_features) at most 2**29 numbers (2 GiB of float32; 10,000 clients of 60 features take about 1 GB).
     """
-    alpha, beta = V.non_negative("alpha", alpha), V.non_negative("beta", beta)
+    alpha, beta = V.in_range("alpha", alpha, 0, MAX_STD), V.in_range("beta", beta, 0, MAX_STD)
     n_clients = V.integer("n_clients", n_clients, 1, MAX_CLIENTS)
     n_features = V.integer("n_features", n_features, 1, MAX_FEATURES)
     n_classes = V.integer("n_classes", n_classes, 2, MAX_CLASSES)
