@@ -126,7 +126,8 @@ class Bernoulli:
     def probabilities(self, n_clients: int) -> np.ndarray:
         """P(client k takes part in a round), empty rounds excluded: p_k / (1 - prod_j (1 - p_j)), shape (N,)."""
         p = self._check(n_clients)
-        return p / -np.expm1(np.log1p(-p).sum())  # 1 - prod(1 - p_j), without underflow for tiny p
+        with np.errstate(divide="ignore"):  # log1p(-1) = -inf when some p_j = 1: the factor is then exactly 1
+            return p / -np.expm1(np.log1p(-p).sum())  # 1 - prod(1 - p_j), without underflow for tiny p
 
 
 def two_groups(n_clients: int, rate: float, gap: float) -> Bernoulli:
@@ -159,4 +160,7 @@ def data_correlated(score: Sequence[float] | np.ndarray, rate: float, strength: 
                          f"{score}")
     rate = V.probability("rate", rate, zero=False)
     strength = V.in_range("strength", strength, 0, 1, hi_inclusive=False)
-    return Bernoulli(tuple(rate * (1 - strength * score)))
+    p = rate * (1 - strength * score)  # (N,)
+    if not (p > 0).all():  # a subnormal rate times a factor below 1 rounds to 0
+        raise ValueError(f"rate={rate:g} x (1 - strength x score) underflows to 0 for some client; use a larger rate")
+    return Bernoulli(tuple(p))

@@ -132,3 +132,8 @@ def test_bad_scores_and_rates_name_their_parameter():
         data_correlated(["a"], 0.5, 0.5)
     with pytest.raises(TypeError, match="p must be a sequence of probabilities"):
         Bernoulli(("x",))
+
+
+def test_data_correlated_names_a_rate_that_underflows():
+    with pytest.raises(ValueError, match="rate=4.94066e-324 x .* underflows to 0"):
+        data_correlated([0.0, 1.0], 5e-324, 0.5)
