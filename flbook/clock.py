@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +53,9 @@ class VirtualClock:
     def schedule(self, delay: float, payload: Any = None) -> Event:
         """Add an event `delay` time units from now (delay >= 0) and return it."""
         delay = V.non_negative("delay", delay)
-        event = Event(self.now + float(delay), next(self._counter), payload)
+        if not math.isfinite(self.now + delay):
+            raise ValueError(f"delay must keep the event time finite: now={self.now:g} + delay={delay:g} overflows")
+        event = Event(self.now + delay, next(self._counter), payload)
         heapq.heappush(self._queue, event)
         return event
 
@@ -76,8 +79,10 @@ class VirtualClock:
         """Remove every event due by `time`, in order, and move the clock to `time`.
 
         Events whose times agree within TOLERANCE count as simultaneous and come in schedule order."""
-        if not time >= self.now:
-            raise ValueError(f"time must be >= now={self.now}, got {time}")
+        if isinstance(time, bool) or not isinstance(time, numbers.Real):
+            raise TypeError(f"time must be a real number, got {time!r} ({type(time).__name__})")
+        if not (math.isfinite(time) and time >= self.now):
+            raise ValueError(f"time must be >= now={self.now} and finite, got {time}")
         events = []
         while self.due(time):
             events.append(heapq.heappop(self._queue))

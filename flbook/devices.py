@@ -17,6 +17,15 @@ import torch
 from . import validation as V
 
 DISTRIBUTIONS = ("constant", "linear", "uniform", "lognormal")
+MAX_CLIENTS = 10**6  # devices one draw makes: a few float64 arrays of this length, tens of MB
+
+
+def _times(name: str, values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Per-client times as a float array; a TypeError naming `name` when they are not numbers."""
+    try:
+        return np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be an array of numbers, one per client, got {values!r}") from err
 
 
 @dataclass(frozen=True)
@@ -27,13 +36,15 @@ class Devices:
     latency: np.ndarray  # (N,) round-trip link time of one job
 
     def __post_init__(self) -> None:
-        step, latency = np.asarray(self.step_time, float), np.asarray(self.latency, float)
+        step, latency = _times("step_time", self.step_time), _times("latency", self.latency)
         if step.ndim != 1 or step.shape != latency.shape or len(step) == 0:
             raise ValueError(f"step_time and latency must be 1-D of one length >= 1, got {step.shape} and {latency.shape}")
-        if not (step > 0).all() or not np.isfinite(step).all():
-            raise ValueError(f"step_time must be finite and > 0 for every client, got min {step.min()}")
-        if not (latency >= 0).all() or not np.isfinite(latency).all():
-            raise ValueError(f"latency must be finite and >= 0 for every client, got min {latency.min()}")
+        for name, times, ok, rule in (("step_time", step, step > 0, "> 0"), ("latency", latency, latency >= 0, ">= 0")):
+            bad = ~(ok & np.isfinite(times))
+            if bad.any():
+                k = int(np.argmax(bad))
+                raise ValueError(f"{name} must be finite and {rule} for every client, got {times[k]} for client {k} "
+                                 f"({int(bad.sum())} such clients)")
         object.__setattr__(self, "step_time", step)
         object.__setattr__(self, "latency", latency)
 
@@ -73,11 +84,11 @@ class Devices:
                 f"latency {self.latency.min():.3g}-{self.latency.max():.3g})")
 
 
-def _multipliers(distribution: str, n: int, spread: float, rng: np.random.Generator) -> np.ndarray:
+def _multipliers(distribution: str, n: int, spread: float, rng: np.random.Generator, name: str = "spread") -> np.ndarray:
     """n time multipliers, slowest first for 'linear': the shape of a device population."""
-    spread = V.non_negative("spread", spread)
+    spread = V.non_negative(name, spread)
     if distribution in ("linear", "uniform") and not spread < 1:
-        raise ValueError(f"spread must be in [0, 1) for the {distribution!r} distribution, got {spread}")
+        raise ValueError(f"{name} must be in [0, 1) for the {distribution!r} distribution, got {spread}")
     draws: dict[str, Callable[[], np.ndarray]] = {
         "constant": lambda: np.ones(n),
         "linear": lambda: 1 - spread * np.arange(n) / max(n - 1, 1),  # Fraboni et al.'s F-X: 1 ... 1 - X/100
@@ -86,7 +97,12 @@ def _multipliers(distribution: str, n: int, spread: float, rng: np.random.Genera
     }
     if distribution not in draws:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
-    return draws[distribution]()
+    with np.errstate(over="ignore", under="ignore"):
+        multipliers = draws[distribution]()
+    if not (np.isfinite(multipliers).all() and (multipliers > 0).all()):  # exp(spread * z) over- or underflows
+        raise ValueError(f"{name}={spread:g} makes the {distribution!r} time multipliers overflow or underflow "
+                         f"(range [{multipliers.min():.3g}, {multipliers.max():.3g}]); use a {name} below about 20")
+    return multipliers
 
 
 def _ranks(score: np.ndarray, correlation: float, rng: np.random.Generator) -> np.ndarray:
@@ -107,8 +123,9 @@ def draw(n_clients: int, distribution: str = "lognormal", spread: float = 0.5, *
     client 0 slowest: Fraboni et al.'s "F-X" with spread = X/100); 'uniform' on [1 - spread, 1];
     'lognormal' exp(spread * N(0, 1)). Multipliers scale `step_time` and `latency`.
     score, correlation: with a score per client (e.g. `class_share(...)`), the slow draws go to
-    high-score clients, with rank correlation about `correlation` in [-1, 1] (1: exactly by score)."""
-    n_clients = V.integer("n_clients", n_clients, 1)
+    high-score clients, with rank correlation about `correlation` in [-1, 1] (1: exactly by score).
+    n_clients is at most MAX_CLIENTS = 10**6, so memory stays bounded."""
+    n_clients = V.integer("n_clients", n_clients, 1, MAX_CLIENTS)
     correlation = V.in_range("correlation", correlation, -1, 1)
     step_time, latency = V.positive("step_time", step_time), V.non_negative("latency", latency)
     V.choice("distribution", distribution, DISTRIBUTIONS)
@@ -117,9 +134,9 @@ def draw(n_clients: int, distribution: str = "lognormal", spread: float = 0.5, *
     V.non_negative("latency_spread", latency_spread)
     rng = np.random.default_rng(V.seed(seed))
     steps = step_time * _multipliers(distribution, n_clients, spread, rng)
-    links = latency * _multipliers(latency_distribution, n_clients, latency_spread, rng)
+    links = latency * _multipliers(latency_distribution, n_clients, latency_spread, rng, "latency_spread")
     if score is not None:
-        score = np.asarray(score, dtype=float)
+        score = _times("score", score)
         if score.shape != (n_clients,):
             raise ValueError(f"score must have one value per client, shape ({n_clients},), got {score.shape}")
         V.finite_values("score", score)
@@ -130,7 +147,9 @@ def draw(n_clients: int, distribution: str = "lognormal", spread: float = 0.5, *
 
 
 def linear(n_clients: int, spread: float, step_time: float = 1.0, latency: float = 0.0) -> Devices:
-    """Fraboni et al.'s scenario F-X, spread = X/100: step times from `step_time` (client 0) to (1 - spread) x that."""
+    """Fraboni et al.'s scenario F-X, spread = X/100: step times from `step_time` (client 0) to (1 - spread) x that.
+
+    n_clients is at most MAX_CLIENTS = 10**6, as in `draw`."""
     return draw(n_clients, "linear", spread, step_time=step_time, latency=latency)
 
 

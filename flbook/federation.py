@@ -191,10 +191,13 @@ class Federation:
                  threads: int | str | None = "auto"):
         if not isinstance(dataset, Dataset):
             raise TypeError(f"dataset must be a flbook.data.Dataset (e.g. load('digits')), got {type(dataset).__name__}")
-        local_steps = V.integer("local_steps", local_steps, 1)
-        batch_size = V.integer("batch_size", batch_size, 1)
+        # A round draws clients x steps x batch_size <= V.MAX_SAMPLES_DRAWN ids (see _check_round_size), which
+        # bounds each of these on its own too: refused here first, with the parameter's name.
+        local_steps = V.integer("local_steps", local_steps, 1, V.MAX_SAMPLES_DRAWN)
+        batch_size = V.integer("batch_size", batch_size, 1, V.MAX_SAMPLES_DRAWN)
         lr = V.positive("lr", lr)
-        local_epochs = None if local_epochs is None else V.positive("local_epochs", local_epochs)
+        local_epochs = None if local_epochs is None else V.in_range("local_epochs", local_epochs, 0,
+                                                                    V.MAX_SAMPLES_DRAWN, lo_inclusive=False)
         weight_decay = V.non_negative("weight_decay", weight_decay)
         seed = V.seed(seed)
         if threads not in ("auto", None):
@@ -206,6 +209,8 @@ class Federation:
         if channel is not None and not isinstance(channel, Channel):
             raise TypeError(f"channel must be a flbook.channel.Channel or None, got {type(channel).__name__}")
         self.device = resolve_device(device)
+        if self.device.type == "meta":
+            raise ValueError("device='meta' holds no data to train on; use 'cpu' or 'cuda'")
         self.dataset = dataset
         parts = dataset.client_indices if partition is None else partition
         if parts is None:
@@ -235,12 +240,15 @@ class Federation:
 
     def _set_partition(self, parts: Sequence[np.ndarray], n_samples: int) -> None:
         """Check the partition once: integer indices in range, no empty client, no sample held twice."""
+        if isinstance(parts, (str, bytes, dict)) or not isinstance(parts, Iterable):
+            raise TypeError(f"partition must be a list of index arrays, one per client, got {parts!r}")
         parts = [V.index_array(f"partition[{k}]", p, n_samples) for k, p in enumerate(parts)]
         if len(parts) == 0:
             raise ValueError("partition must hold at least one client")
         sizes = np.array([len(p) for p in parts])
         if (sizes == 0).any():
-            raise ValueError(f"every client needs at least one sample; client {int(np.argmin(sizes))} has none")
+            raise ValueError(f"partition must give every client at least one sample; partition[{int(np.argmin(sizes))}] "
+                             f"is empty")
         order = np.concatenate(parts)
         held = np.bincount(order, minlength=n_samples)
         if (held > 1).any():

@@ -64,3 +64,17 @@ def test_events_within_tolerance_pop_in_schedule_order():
 def test_device_and_clock_arguments_name_the_parameter(make, error, message):
     with pytest.raises(error, match=message):
         make()
+
+
+def test_a_delay_that_overflows_the_event_time_is_refused():
+    clock = VirtualClock(start=1e308)
+    with pytest.raises(ValueError, match="delay must keep the event time finite"):
+        clock.schedule(1e308)
+    assert len(clock) == 0
+
+
+@pytest.mark.parametrize("time, error", [("3", TypeError), (None, TypeError), (float("inf"), ValueError),
+                                         (float("nan"), ValueError)])
+def test_pop_until_names_a_bad_time(time, error):
+    with pytest.raises(error, match="time must be"):
+        VirtualClock().pop_until(time)

@@ -368,8 +368,8 @@ def test_data_root_prefers_argument_then_environment(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("call, error, message", [
-    (lambda: synthetic(alpha=float("nan")), ValueError, "alpha must be a finite number >= 0, got nan"),
-    (lambda: synthetic(beta=float("inf")), ValueError, "beta must be a finite number >= 0, got inf"),
+    (lambda: synthetic(alpha=float("nan")), ValueError, r"alpha must be in \[0, 1e\+06\], got nan"),
+    (lambda: synthetic(beta=float("inf")), ValueError, r"beta must be in \[0, 1e\+06\], got inf"),
     (lambda: synthetic(n_clients=2.5), ValueError, "n_clients must be an integer, got 2.5"),
     (lambda: load("digits", seed=-1), ValueError, r"seed must be an integer in \[0, 4294967295\], got -1"),
     (lambda: load("digits", device="tpu"), ValueError, "device must name a torch device"),
@@ -397,3 +397,20 @@ def test_synthetic_at_scale_costs_about_its_data():
     tracemalloc.stop()
     made = sum(t.numel() * t.element_size() for t in (data.x_train, data.y_train, data.x_test, data.y_test))
     assert peak < 2.5 * made
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n_clients": 2**70}, r"n_clients must be an integer in \[1, 100000\]"),
+    ({"beta": 2.6e38}, r"beta must be in \[0, 1e\+06\]"),  # used to overflow the float32 inputs to inf
+    ({"n_features": 10**9}, r"n_features must be an integer in \[1, 10000\]"),
+    ({"n_classes": 10**6}, r"n_classes must be an integer in \[2, 1000\]"),
+    ({"n_clients": 1000, "n_features": 10_000}, r"n_clients x n_classes x n_features must be <= 5e\+07"),
+    ({"n_clients": 20_000, "n_features": 1_000, "n_classes": 2}, "more than 536870912 numbers .*lower n_clients or n_features"),
+])
+def test_synthetic_refuses_sizes_that_would_exhaust_memory(kwargs, message):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=message):
+        synthetic(**kwargs)
+    assert time.perf_counter() - start < 1.0

@@ -62,3 +62,24 @@ def test_devices_validate_their_arrays():
 def test_slowed_takes_a_range():
     slow = devices.linear(4, 0.5).slowed(range(2), extra_latency=1.0)
     assert slow.latency.tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("make", [lambda n: devices.draw(n), lambda n: devices.linear(n, 0.5)])
+def test_huge_federations_are_refused_with_the_bound(make):
+    with pytest.raises(ValueError, match=r"n_clients must be an integer in \[1, 1000000\], got 1180591620717411303424"):
+        make(2**70)
+    assert make(devices.MAX_CLIENTS).n_clients == 10**6
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: devices.draw(5, "lognormal", 5000.0), ValueError, "spread=5000 makes the 'lognormal' time multipliers"),
+    (lambda: devices.draw(5, latency=1.0, latency_distribution="lognormal", latency_spread=1e3), ValueError,
+     "latency_spread=1000 makes"),
+    (lambda: devices.draw(2, score=""), TypeError, "score must be an array of numbers"),
+    (lambda: devices.Devices("", np.zeros(1)), TypeError, "step_time must be an array of numbers"),
+    (lambda: devices.Devices(np.ones(2), np.array([0.0, np.inf])), ValueError,
+     "latency must be finite and >= 0 for every client, got inf for client 1"),
+])
+def test_device_errors_name_the_parameter_and_the_bad_value(make, error, message):
+    with pytest.raises(error, match=message):
+        make()

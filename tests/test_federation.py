@@ -150,7 +150,7 @@ def test_bad_runs_and_partitions_are_rejected(digits_data, skewed):
         Federation(digits_data, skewed, "logistic").run(FedAvg(), 0)
     with pytest.raises(ValueError, match="executor must be"):
         Federation(digits_data, skewed, "logistic", executor="gpu")
-    with pytest.raises(ValueError, match="client 1 has none"):
+    with pytest.raises(ValueError, match=r"partition\[1\] is empty"):
         Federation(digits_data, [skewed[0], np.array([], dtype=int)], "logistic")
     with pytest.raises(ValueError, match="partition is required"):
         Federation(digits_data, None, "logistic")
@@ -242,7 +242,7 @@ def test_explore_bounds_its_epochs(digits_data, skewed):
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"local_epochs": float("inf")}, ValueError, "local_epochs must be a finite number > 0, got inf"),
+    ({"local_epochs": float("inf")}, ValueError, r"local_epochs must be in \(0, 1e\+08\], got inf"),
     ({"weight_decay": float("nan")}, ValueError, "weight_decay must be a finite number >= 0, got nan"),
     ({"lr": "0.1"}, TypeError, "lr must be a real number"),
     ({"seed": 2**64}, ValueError, "seed must be an integer in"),
@@ -258,7 +258,9 @@ def test_explore_bounds_its_epochs(digits_data, skewed):
     ({"batch_size": 10**7}, ValueError, "a round would draw up to .* samples"),
     ({"local_steps": 10**7}, ValueError, "a round would draw up to"),
     ({"local_epochs": 1e5}, ValueError, "a round would draw up to"),
-    ({"local_epochs": 1e18}, ValueError, "a round would draw up to"),
+    ({"local_epochs": 1e18}, ValueError, r"local_epochs must be in \(0, 1e\+08\], got 1e\+18"),
+    ({"local_steps": 1.87e306}, ValueError, r"local_steps must be an integer in \[1, 100000000\], got 1.87e\+306"),
+    ({"batch_size": 2**70}, ValueError, r"batch_size must be an integer in \[1, 100000000\]"),
     ({"model": None}, TypeError, "model must be one of"),
 ])
 def test_bad_settings_are_rejected_at_construction(digits_data, skewed, kwargs, error, message):
@@ -342,3 +344,13 @@ def test_compare_names_the_runs_that_diverged(digits_data, skewed):
     assert list(h.attrs["diverged"]) == ["bad"] and h.attrs["diverged"]["bad"] >= 1
     with pytest.raises(ValueError, match="distinct labels"):
         fed.compare([FedAvg(), FedAvg()], 1, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"partition": 5}, TypeError, "partition must be a list of index arrays, one per client, got 5"),
+    ({"partition": "abc"}, TypeError, "partition must be a list of index arrays"),
+    ({"device": "meta"}, ValueError, "device='meta' holds no data"),
+])
+def test_partition_that_is_no_list_and_meta_device_are_refused(digits_data, skewed, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        Federation(digits_data, **{"partition": skewed, "model": "logistic", **kwargs})

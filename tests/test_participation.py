@@ -72,7 +72,7 @@ def test_data_correlated_clients_with_the_class_report_rarely():
     (lambda: two_groups(4, 0.3, 0.6), "gap must be >= 0, below 2 \\* rate"),
     (lambda: two_groups(4, 0.8, 0.5), "gap must be"),
     (lambda: two_groups(4, 0.5, -0.1), "gap must be"),
-    (lambda: two_groups(0, 0.5, 0.1), "n_clients must be an integer >= 1"),
+    (lambda: two_groups(0, 0.5, 0.1), r"n_clients must be an integer in \[1, 1000000\], got 0"),
     (lambda: two_groups(2.5, 0.5, 0.1), "n_clients must be an integer, got 2.5"),
     (lambda: two_groups(4, float("nan"), 0.1), "rate must be in .*got nan"),
     (lambda: Uniform(fraction=float("nan")), "participation fraction must be in .*got nan"),
@@ -94,3 +94,46 @@ def test_bernoulli_with_tiny_probabilities_gives_up_after_a_bounded_number_of_dr
     with pytest.raises(ValueError, match="no client took part in 10000 draws.*raise p"):
         Bernoulli(tuple([1e-9] * 20)).sample(1, 20, np.random.default_rng(0))
     assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Uniform(count=2**70), r"clients_per_round must be an integer in \[1, 1000000\]"),
+    (lambda: Uniform(count=30).sample(0, 20, np.random.default_rng(0)), "clients_per_round must be <= n_clients=20"),
+    (lambda: Uniform(0.5).sample(0, 2**40, np.random.default_rng(0)), r"n_clients must be an integer in \[1, 1000000\]"),
+    (lambda: Uniform(0.5).probabilities(2**40), r"n_clients must be an integer in \[1, 1000000\]"),
+    (lambda: two_groups(2**40, 0.5, 0.1), r"n_clients must be an integer in \[1, 1000000\]"),
+])
+def test_huge_counts_are_refused_with_the_bound(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_bernoulli_redraws_are_bounded_in_coin_flips_for_large_federations():
+    """10,000 redraws of a million tiny coins would take minutes: the draws stop at MAX_COIN_FLIPS = 1e8 coins."""
+    import time
+
+    from flbook.participation import MAX_COIN_FLIPS
+
+    n = 10**6
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=f"no client took part in {MAX_COIN_FLIPS // n} draws"):
+        Bernoulli((1e-12,) * n).sample(1, n, np.random.default_rng(0))
+    assert time.perf_counter() - start < 5.0
+
+
+def test_bernoulli_probabilities_stay_finite_for_tiny_p():
+    """1 - prod(1 - p) underflowed to 0 for p = 1e-309, and the conditional probabilities were inf."""
+    np.testing.assert_allclose(Bernoulli((1e-309, 1e-309)).probabilities(2), [0.5, 0.5])
+    np.testing.assert_allclose(Bernoulli((0.5, 0.5)).probabilities(2), [2 / 3, 2 / 3])
+
+
+def test_bad_scores_and_rates_name_their_parameter():
+    with pytest.raises(TypeError, match="score must be a sequence of numbers"):
+        data_correlated(["a"], 0.5, 0.5)
+    with pytest.raises(TypeError, match="p must be a sequence of probabilities"):
+        Bernoulli(("x",))
+
+
+def test_data_correlated_names_a_rate_that_underflows():
+    with pytest.raises(ValueError, match="rate=4.94066e-324 x .* underflows to 0"):
+        data_correlated([0.0, 1.0], 5e-324, 0.5)

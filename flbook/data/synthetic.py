@@ -12,6 +12,13 @@ import torch
 from flbook import validation as V
 from flbook.data.base import Dataset
 
+MAX_STD = 1e6  # alpha and beta: larger standard deviations overflow the float32 inputs or the logits
+MAX_CLIENTS = 100_000
+MAX_FEATURES = 10_000
+MAX_CLASSES = 1_000
+MAX_MODEL_ENTRIES = 5 * 10**7  # n_clients x n_classes x n_features: the clients' softmax models, 400 MB of float64
+MAX_DATA_ENTRIES = 2**29  # samples x n_features in x_train and x_test: 2 GiB of float32
+
 
 def synthetic(alpha: float = 1.0, beta: float = 1.0, *, n_clients: int = 30, iid: bool = False,
               n_features: int = 60, n_classes: int = 10, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -28,11 +35,20 @@ def synthetic(alpha: float = 1.0, beta: float = 1.0, *, n_clients: int = 30, iid
     floor(LogNormal(4, 2)) + 50, so a few clients hold most of the data. Each client's samples are split
     train/test by `test_fraction`; the test set is the union of the clients' test parts, and
     `client_indices[k]` indexes client k's rows of x_train.
+
+    Bounds, so that memory stays bounded and a too-large request fails at once with a clear error:
+    alpha, beta <= 1e6 (larger ones overflow the float32 inputs);
+    n_clients <= 100,000, n_features <= 10,000, n_classes <= 1,000; the client models hold at most
+    n_clients x n_classes x n_features = 5e7 numbers (400 MB), and the data (the drawn client sizes times
+    n_features) at most 2**29 numbers (2 GiB of float32; 10,000 clients of 60 features take about 1 GB).
     """
-    alpha, beta = V.non_negative("alpha", alpha), V.non_negative("beta", beta)
-    n_clients = V.integer("n_clients", n_clients, 1)
-    n_features = V.integer("n_features", n_features, 1)
-    n_classes = V.integer("n_classes", n_classes, 2)
+    alpha, beta = V.in_range("alpha", alpha, 0, MAX_STD), V.in_range("beta", beta, 0, MAX_STD)
+    n_clients = V.integer("n_clients", n_clients, 1, MAX_CLIENTS)
+    n_features = V.integer("n_features", n_features, 1, MAX_FEATURES)
+    n_classes = V.integer("n_classes", n_classes, 2, MAX_CLASSES)
+    if n_clients * n_classes * n_features > MAX_MODEL_ENTRIES:
+        raise ValueError(f"n_clients x n_classes x n_features must be <= {MAX_MODEL_ENTRIES:.0e} (the clients' models), "
+                         f"got {n_clients} x {n_classes} x {n_features}; lower one of them")
     test_fraction = V.in_range("test_fraction", test_fraction, 0, 1, lo_inclusive=False, hi_inclusive=False)
     seed = V.seed(seed)
     if not isinstance(iid, (bool, np.bool_)):
@@ -40,6 +56,9 @@ def synthetic(alpha: float = 1.0, beta: float = 1.0, *, n_clients: int = 30, iid
 
     rng = np.random.default_rng(seed)
     sizes = rng.lognormal(4.0, 2.0, n_clients).astype(np.int64) + 50  # (K,)
+    if int(sizes.sum()) * n_features > MAX_DATA_ENTRIES:
+        raise ValueError(f"n_clients={n_clients} clients hold {int(sizes.sum())} samples of n_features={n_features}: "
+                         f"more than {MAX_DATA_ENTRIES} numbers (2 GiB); lower n_clients or n_features")
     x_std = np.arange(1, n_features + 1) ** -0.6  # (D,) sqrt of Sigma_jj = j^-1.2
     if iid:
         shared = (rng.normal(0, 1, (n_classes, n_features)), rng.normal(0, 1, n_classes), rng.normal(0, 1, n_features))
