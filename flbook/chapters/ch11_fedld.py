@@ -128,7 +128,8 @@ def same_updates(fed: Federation, theta: torch.Tensor, margin: float = 0.1, k_pr
     rules = {"FedAvg": (plain, weights @ plain), "margin control": (margined, weights @ margined),
              "principal gradient": (plain, pg)}
     clients = torch.arange(fed.n_clients)
-    rows = {rule: probe.measure(theta, deltas, weights, clients, theta + step) for rule, (deltas, step) in rules.items()}
+    rows = {rule: probe.measure(theta, deltas, weights, clients, theta + step)
+            for rule, (deltas, step) in rules.items()}
     return pd.DataFrame(rows).T[list(TERMS)]
 
 

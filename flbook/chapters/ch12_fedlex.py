@@ -119,7 +119,8 @@ def claims(dataset: Dataset, *, rounds: int = ROUNDS, tune_rounds: int = TUNE_RO
     uses the same G (tuning uses seed 0's validation split, explored the same way); `explored` replaces the
     exploration (a test passes a broken one). FedLEx's histories carry the exploration's bytes."""
     make = make_federation(**{**TASK, **(task or {})})
-    plain = {"FedAvg": lambda: FedAvg(), **{k: v for k, v in protocol.step_size_controls().items() if "FedAvgM" not in k}}
+    controls = protocol.step_size_controls()
+    plain = {"FedAvg": lambda: FedAvg(), "FedAvg (server lr)": controls["FedAvg (server lr)"]}
     grid = {"rounds": tune_rounds, "lrs": lrs, "server_lrs": server_lrs, "max_extensions": max_extensions}
     tuned = {name: protocol.tune(dataset, make, factory, name=name, **grid) for name, factory in plain.items()}
     tuning_fed = make(protocol.validation_split(dataset, seed=0)[1], 0, EXPLORE_LR)

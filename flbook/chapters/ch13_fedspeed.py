@@ -62,11 +62,13 @@ CLAIMS = (  # (claim, paper, method, baseline, measure, why); measure "speed": r
     ("FedSpeed needs fewer rounds than FedProx", "as above", "FedSpeed", "FedProx", "speed", ""),
     ("FedSpeed needs fewer rounds than SCAFFOLD", "as above", "FedSpeed", "SCAFFOLD", "speed", ""),
     ("FedSpeed needs fewer rounds than FedAvg with a tuned server step", "(step-size control)",
-     "FedSpeed", "FedAvg (server lr)", "speed", "the server rule adds avg h_i, a FedDyn-like extrapolation of the step"),
+     "FedSpeed", "FedAvg (server lr)", "speed",
+     "the server rule adds avg h_i, a FedDyn-like extrapolation of the step"),
     ("FedSpeed needs fewer rounds than FedAvgM", "(step-size control; FedCM and FedAdam are the paper's momentum "
      "baselines)", "FedSpeed", "FedAvgM (0.9)", "speed", ""),
     ("the prox-correction makes FedSpeed faster", "Sun et al. 2023: the correction removes the proximal bias",
-     "FedSpeed", "FedSpeed, no correction", "speed", "the same FedSpeed with h_i = 0: a plain proximal term and the ascent step"),
+     "FedSpeed", "FedSpeed, no correction", "speed",
+     "the same FedSpeed with h_i = 0: a plain proximal term and the ascent step"),
     ("FedSpeed ends more accurate than SCAFFOLD", "FL-Simulator, CIFAR-10 Dir 0.3: 85.4% vs 82.8%",
      "FedSpeed", "SCAFFOLD", "final", ""),
 )
