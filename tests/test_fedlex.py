@@ -1,4 +1,5 @@
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -9,8 +10,10 @@ from conftest import two_class_split
 from flbook import Federation
 from flbook.algorithms import FedAvg
 from flbook.algorithms.fedlex import Exploration, FedLEx, exploration_batches, explore, guidance_matrix
+from flbook.chapters import ch12_fedlex
 from flbook.executors import BatchedExecutor, LoopExecutor
 from flbook.models import mlp
+from flbook.protocol import FAILS, HOLDS
 
 
 @pytest.fixture
@@ -139,3 +142,27 @@ def test_str_hides_the_guidance_tensor():
 
 
 # ------------------------------------------------------------------------------------------ control panel
+
+
+def blind_exploration(fed, epochs=10, data_fraction=1.0):
+    """A broken exploration: deviations drawn at random, blind to the clients' loss surfaces."""
+    g = torch.Generator().manual_seed(int(epochs * 1000 + data_fraction * 10))
+    deviation = torch.rand(fed.model.n_params, generator=g)
+    return SimpleNamespace(guidance=guidance_matrix(deviation, fed.model.numels))
+
+
+@pytest.mark.parametrize("exploration, expected", [(explore, HOLDS), (blind_exploration, FAILS)])
+def test_chapter_budget_claim_rests_on_the_exploration(digits_data, exploration, expected):
+    """Chapter 12's claim that holds, "a small budget gives nearly the same G", by the chapter's own code on a tiny
+    task over three seeds: it fails for an exploration that does not look at the clients' losses."""
+    rows = ch12_fedlex.budget_rows(digits_data, task={"n_clients": 4, "local_steps": 2}, exploration=exploration)
+    assert [row["verdict"] for row in rows] == [expected, expected]
+
+
+def test_claims_keep_guided_runs_apart(digits_data):
+    """FedLEx with G and with the same values shuffled are different runs (the run cache keys FedLEx by its G)."""
+    result, table = ch12_fedlex.claims(digits_data, rounds=10, tune_rounds=1, epochs=1, lrs=(0.1,), server_lrs=(1.0,),
+                                       task={"n_clients": 4, "local_steps": 2})
+    runs = result.history.groupby(["algorithm", "seed"]).test_loss.apply(tuple)
+    assert runs["FedLEx", 0] != runs["FedLEx, shuffled G", 0]
+    assert len(table) == len(ch12_fedlex.CLAIMS)
