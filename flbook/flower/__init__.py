@@ -1,0 +1,34 @@
+"""Run an unchanged flbook algorithm on Flower (flwr 1.42): simulated on one machine, or across machines.
+
+Install the optional extra (Python >= 3.11): `pip install -e '.[flower]'`. Then
+
+    from flbook.flower import run
+    history = run("local", algorithm="SCAFFOLD", rounds=20)   # in this process, no Ray
+    history = run("ray", algorithm="FedAvg", rounds=20)       # Flower's Simulation Engine, one node per client
+
+gives the same history as `Federation(..., batch_sampling="per_client", executor="loop").run(...)` on the task of
+`flbook.flower.task.DEFAULTS` (MNIST-1D, 100 clients from Dirichlet(0.5), the MLP, 5 local steps of batch 32).
+
+Across machines, the apps are `flbook.flower.apps:server_app` and `flbook.flower.apps:client_app`; they read the
+task from the run config. Start a SuperLink, one SuperNode per client, then the run from a Flower app folder whose
+pyproject.toml names the two apps under `[tool.flwr.app.components]` (serverapp, clientapp):
+
+    flower-superlink --insecure
+    flower-supernode --insecure --superlink <host>:9092 --node-config "partition-id=0"    # on each device, k = 0..N-1
+    flwr run . --run-config 'clients=2 clients-per-round=2 algorithm="FedAvg" rounds=5'
+
+What crosses the wire: the server's `algorithm.downlink(x, state)` as an ArrayRecord in a "train" message with the
+round and its batch key; the client's message (update, or SCAFFOLD's pair) as an ArrayRecord, plus "num-examples".
+Per-client state (SCAFFOLD's c_i) stays on the device in `context.state`.
+"""
+try:
+    import flwr  # noqa: F401
+except ImportError as err:  # an optional extra: the workbook itself never needs Flower
+    raise ImportError("flbook.flower needs Flower: pip install -e '.[flower]' (flwr 1.42, Python >= 3.11)") from err
+
+from .apps import LocalGrid, client_app, make_apps, run, server_app
+from .strategy import FlbookStrategy
+from .task import ALGORITHMS, DEFAULTS, build_algorithm, build_federation, task_config
+
+__all__ = ["FlbookStrategy", "LocalGrid", "make_apps", "run", "server_app", "client_app", "ALGORITHMS", "DEFAULTS",
+           "build_algorithm", "build_federation", "task_config"]

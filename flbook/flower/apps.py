@@ -1,0 +1,141 @@
+"""Flower's ServerApp and ClientApp for a flbook task, an in-process grid, and one call to run them.
+
+The apps read the task from `context.run_config` (so `flwr run --run-config 'algorithm="SCAFFOLD"'` chooses it)
+over the settings `make_apps` closes over (what `run_simulation` needs, as it passes no run config)."""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pandas as pd
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.task_identity import TaskIdentity  # not public: why pyproject pins flwr<1.43
+
+from ..executors import LoopExecutor
+from .strategy import FlbookStrategy, from_record, to_record
+from .task import build_algorithm, build_federation, task_config
+
+
+def _config(settings: Mapping[str, object], context: Context) -> dict[str, object]:
+    return task_config({**settings, **context.run_config})
+
+
+def _partition(context: Context) -> int:
+    if "partition-id" not in context.node_config:
+        raise ValueError("this node holds no partition: start it with --node-config 'partition-id=<client id>'")
+    return int(context.node_config["partition-id"])
+
+
+def _query(settings: Mapping[str, object], message: Message, context: Context) -> Message:
+    """Answer the server's "query": which partition (client id) this node holds."""
+    record = ConfigRecord({"partition-id": _partition(context)})
+    return Message(RecordDict({"partition": record}), reply_to=message)
+
+
+def _train(settings: Mapping[str, object], message: Message, context: Context) -> Message:
+    """One client's local training: the unchanged `client_update` on batches drawn from (round key, client)."""
+    config = _config(settings, context)
+    fed, algorithm = build_federation(config), build_algorithm(config)
+    client = torch.tensor([_partition(context)])
+    down = from_record(message.content["down"])
+    if "client-state" in context.state:  # this client's state from its previous round (e.g. SCAFFOLD's c_i)
+        state = from_record(context.state["client-state"])
+    else:
+        state = algorithm.init_client_state(fed.initial_model())
+    steps = fed.steps_for(client)
+    index = fed.client_batches(client, steps, int(message.content["config"]["batch-key"]))  # (1, K, B)
+    stacked = {k: v[None] for k, v in state.items()}  # (1, ...)
+    update, state = fed.train_cohort(algorithm, down, index, steps, stacked, executor=LoopExecutor())
+    if state:
+        context.state["client-state"] = to_record({k: v[0] for k, v in state.items()})
+    metrics = MetricRecord({"partition-id": int(client), "num-examples": int(fed.client_sizes[client])})
+    return Message(RecordDict({"update": to_record({k: v[0] for k, v in update.items()}), "metrics": metrics}),
+                   reply_to=message)
+
+
+def _main(settings: Mapping[str, object], grid: Grid, context: Context) -> FlbookStrategy:
+    """The server's run: a FlbookStrategy through Flower's round loop, evaluated on the server every round."""
+    config = _config(settings, context)
+    strategy = FlbookStrategy(build_federation(config), build_algorithm(config))
+    strategy.start(grid, ArrayRecord({"x": strategy.x}), num_rounds=int(config["rounds"]),
+                   evaluate_fn=strategy.evaluate)
+    if config.get("history"):
+        strategy.history().to_csv(str(config["history"]), index=False)
+    return strategy
+
+
+def make_apps(**settings: object) -> tuple[ServerApp, ClientApp]:
+    """A (ServerApp, ClientApp) pair for the task `settings` (keys of `task.DEFAULTS`), run config on top."""
+    task_config(settings)  # refuse unknown settings now, not inside a worker
+    server, client = ServerApp(), ClientApp()
+    server.main()(lambda grid, context: _main(settings, grid, context) and None)
+    client.train()(lambda message, context: _train(settings, message, context))
+    client.query()(lambda message, context: _query(settings, message, context))
+    return server, client
+
+
+server_app, client_app = make_apps()  # for `flwr run`: the task comes from the run config alone
+
+
+class LocalGrid(Grid):
+    """Flower's Grid in this process: each message goes straight to `client_app` with its node's Context.
+
+    No SuperLink, no Ray: what the equality tests and the side-by-side benchmark's "in-process" row use."""
+
+    def __init__(self, client_app: ClientApp, n_nodes: int, run_config: Mapping[str, object] | None = None):
+        self.client_app = client_app
+        self.contexts = {1000 + k: Context(run_id=1, node_id=1000 + k, state=RecordDict(),
+                                           node_config={"partition-id": k, "num-partitions": n_nodes},
+                                           run_config=dict(run_config or {})) for k in range(n_nodes)}
+        self._run = None
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0  # what a SuperLink's task is given
+
+    def set_run(self, run) -> None:
+        self._run = run
+
+    @property
+    def run(self):
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError("LocalGrid answers at once: use send_and_receive")
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError("LocalGrid answers at once: use send_and_receive")
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return [self.client_app(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
+
+
+def run(backend: str = "local", **settings: object) -> pd.DataFrame:
+    """Run the task `settings` on Flower and return the history (one row per round, as `Federation.run`).
+
+    backend: "local" (LocalGrid, in this process) or "ray" (Flower's Simulation Engine, one virtual SuperNode
+    per client, through the deprecated but still supported `flwr.simulation.run_simulation`)."""
+    config = task_config(settings)
+    if backend == "local":
+        server, client = make_apps(**settings)
+        return _main(settings, LocalGrid(client, int(config["clients"])), Context(1, 0, {}, RecordDict(), {})
+                     ).history()
+    if backend != "ray":
+        raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+    from flwr.simulation import run_simulation
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "history.csv"
+        server, client = make_apps(**settings, history=str(path))
+        run_simulation(server, client, num_supernodes=int(config["clients"]),
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+        if not path.exists():
+            raise RuntimeError("the Flower simulation ended without a history: see its log above")
+        return pd.read_csv(path)

@@ -1,0 +1,82 @@
+"""The Flower bridge: an unchanged flbook algorithm run through Flower gives the in-process federation's numbers."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+flwr = pytest.importorskip("flwr")
+
+from flwr.app import ArrayRecord  # noqa: E402
+
+from flbook.flower import (FlbookStrategy, LocalGrid, build_algorithm, build_federation, make_apps,  # noqa: E402
+                           run, task_config)
+
+SMALL = {"clients": 12, "clients-per-round": 4, "rounds": 3, "alpha": 0.5}  # Dirichlet: unequal shards
+
+
+def through_flower(settings: dict) -> FlbookStrategy:
+    config = task_config(settings)
+    _, client = make_apps(**settings)
+    strategy = FlbookStrategy(build_federation(config), build_algorithm(config))
+    strategy.start(LocalGrid(client, config["clients"]), ArrayRecord({"x": strategy.x}),
+                   num_rounds=config["rounds"], evaluate_fn=strategy.evaluate)
+    return strategy
+
+
+@pytest.mark.parametrize("algorithm, extra", [("FedAvg", {}), ("SCAFFOLD", {}), ("FedAdam", {"algorithm-server-lr": 0.02}),
+                                              ("FedProx", {"algorithm-mu": 0.1})])
+def test_flower_gives_the_federations_model(algorithm, extra):
+    settings = {**SMALL, "algorithm": algorithm, **extra}
+    strategy = through_flower(settings)
+    config = task_config(settings)
+    fed, method = build_federation(config), build_algorithm(config)
+    history = fed.run(method, config["rounds"], progress=False, label="reference")
+    assert torch.equal(strategy.x, fed.final_models["reference"])  # the same model, to the last bit
+    assert history.test_loss.tolist() == strategy.history().test_loss.tolist()
+    assert sorted(strategy.node_of) == list(range(config["clients"]))
+
+
+def test_scaffold_needs_the_client_state_kept_on_the_node():
+    settings = {**SMALL, "algorithm": "SCAFFOLD", "clients-per-round": 12}
+    config = task_config(settings)
+    _, client = make_apps(**settings)
+    grid = LocalGrid(client, config["clients"])
+    strategy = FlbookStrategy(build_federation(config), build_algorithm(config))
+    forgetful = type(grid)(client, config["clients"])
+    forgetful.send_and_receive = lambda messages, timeout=None: [  # a fresh Context each message: c_i forgotten
+        client(m, type(grid)(client, config["clients"]).contexts[m.metadata.dst_node_id]) for m in messages]
+    strategy.start(forgetful, ArrayRecord({"x": strategy.x}), num_rounds=3, evaluate_fn=strategy.evaluate)
+    assert not torch.equal(strategy.x, through_flower(settings).x)
+
+
+def test_history_has_the_federations_columns_and_counts_bytes():
+    history = run("local", **SMALL)
+    assert list(history.columns) == ["algorithm", "round", "test_acc", "test_loss", "bytes_up", "bytes_down",
+                                     "wall_time"]
+    assert history["round"].tolist() == [0, 1, 2, 3]
+    per_round = history.bytes_down.diff().iloc[1:]
+    params = build_federation(task_config(SMALL)).model.n_params
+    assert (per_round >= 4 * 4 * params).all() and (per_round < 4 * 4 * params * 1.01).all()  # 4 clients, float32
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="unknown task settings"):
+        make_apps(client=3)
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        run("local", algorithm="FedNothing")
+    with pytest.raises(ValueError, match="backend must be"):
+        run("grpc")
+
+
+def test_the_ray_simulation_engine_gives_the_same_history():
+    pytest.importorskip("ray")
+    settings = {**SMALL, "clients": 4, "clients-per-round": 2, "rounds": 2, "algorithm": "SCAFFOLD"}
+    code = (f"import json; from flbook.flower import run; "
+            f"print('HISTORY', json.dumps(run('ray', **{settings!r}).test_loss.tolist()))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("HISTORY")]
+    assert lines, done.stdout[-2000:] + done.stderr[-2000:]
+    assert json.loads(lines[0].split(" ", 1)[1]) == pytest.approx(run("local", **settings).test_loss.tolist(),
+                                                                 abs=1e-6)
