@@ -26,9 +26,9 @@ try:
 except ImportError as err:  # an optional extra: the workbook itself never needs Flower
     raise ImportError("flbook.flower needs Flower: pip install -e '.[flower]' (flwr 1.42, Python >= 3.11)") from err
 
-from .apps import LocalGrid, client_app, make_apps, run, server_app
+from .apps import LocalGrid, client_app, make_apps, run, server_app, simulate
 from .strategy import FlbookStrategy
 from .task import ALGORITHMS, DEFAULTS, build_algorithm, build_federation, task_config
 
-__all__ = ["FlbookStrategy", "LocalGrid", "make_apps", "run", "server_app", "client_app", "ALGORITHMS", "DEFAULTS",
+__all__ = ["FlbookStrategy", "LocalGrid", "make_apps", "run", "simulate", "server_app", "client_app", "ALGORITHMS", "DEFAULTS",
            "build_algorithm", "build_federation", "task_config"]

@@ -4,9 +4,7 @@ The apps read the task from `context.run_config` (so `flwr run --run-config 'alg
 over the settings `make_apps` closes over (what `run_simulation` needs, as it passes no run config)."""
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
 
 import pandas as pd
 import torch
@@ -57,22 +55,29 @@ def _train(settings: Mapping[str, object], message: Message, context: Context) -
                    reply_to=message)
 
 
-def _main(settings: Mapping[str, object], grid: Grid, context: Context) -> FlbookStrategy:
-    """The server's run: a FlbookStrategy through Flower's round loop, evaluated on the server every round."""
+def _main(settings: Mapping[str, object], grid: Grid, context: Context,
+          on_done: Callable[[FlbookStrategy], None] | None = None) -> FlbookStrategy:
+    """The server's run: a FlbookStrategy through Flower's round loop, evaluated on the server every round.
+
+    The history goes to the CSV file the "history" setting names, if any, and the strategy to `on_done`."""
     config = _config(settings, context)
     strategy = FlbookStrategy(build_federation(config), build_algorithm(config))
     strategy.start(grid, ArrayRecord({"x": strategy.x}), num_rounds=int(config["rounds"]),
                    evaluate_fn=strategy.evaluate)
     if config.get("history"):
         strategy.history().to_csv(str(config["history"]), index=False)
+    if on_done is not None:
+        on_done(strategy)
     return strategy
 
 
-def make_apps(**settings: object) -> tuple[ServerApp, ClientApp]:
-    """A (ServerApp, ClientApp) pair for the task `settings` (keys of `task.DEFAULTS`), run config on top."""
+def make_apps(on_done: Callable[[FlbookStrategy], None] | None = None,
+              **settings: object) -> tuple[ServerApp, ClientApp]:
+    """A (ServerApp, ClientApp) pair for the task `settings` (keys of `task.DEFAULTS`), run config on top;
+    `on_done` receives the finished strategy where the ServerApp runs in this process (simulation)."""
     task_config(settings)  # refuse unknown settings now, not inside a worker
     server, client = ServerApp(), ClientApp()
-    server.main()(lambda grid, context: _main(settings, grid, context) and None)
+    server.main()(lambda grid, context: _main(settings, grid, context, on_done) and None)
     client.train()(lambda message, context: _train(settings, message, context))
     client.query()(lambda message, context: _query(settings, message, context))
     return server, client
@@ -118,24 +123,27 @@ class LocalGrid(Grid):
         return [self.client_app(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
 
 
-def run(backend: str = "local", **settings: object) -> pd.DataFrame:
-    """Run the task `settings` on Flower and return the history (one row per round, as `Federation.run`).
+def simulate(backend: str = "local", **settings: object) -> FlbookStrategy:
+    """Run the task `settings` on Flower and return the finished strategy (its model, history, round times).
 
     backend: "local" (LocalGrid, in this process) or "ray" (Flower's Simulation Engine, one virtual SuperNode
-    per client, through the deprecated but still supported `flwr.simulation.run_simulation`)."""
+    per client, through `flwr.simulation.run_simulation`, deprecated in 1.42 in favour of `flwr run` but the one
+    call that runs the engine from Python)."""
     config = task_config(settings)
+    done: list[FlbookStrategy] = []
+    server, client = make_apps(done.append, **settings)
     if backend == "local":
-        server, client = make_apps(**settings)
-        return _main(settings, LocalGrid(client, int(config["clients"])), Context(1, 0, {}, RecordDict(), {})
-                     ).history()
+        return _main(settings, LocalGrid(client, int(config["clients"])), Context(1, 0, {}, RecordDict(), {}))
     if backend != "ray":
         raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
     from flwr.simulation import run_simulation
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "history.csv"
-        server, client = make_apps(**settings, history=str(path))
-        run_simulation(server, client, num_supernodes=int(config["clients"]),
-                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
-        if not path.exists():
-            raise RuntimeError("the Flower simulation ended without a history: see its log above")
-        return pd.read_csv(path)
+    run_simulation(server, client, num_supernodes=int(config["clients"]),
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    if not done:
+        raise RuntimeError("the Flower simulation ended before its last round: see its log above")
+    return done[0]
+
+
+def run(backend: str = "local", **settings: object) -> pd.DataFrame:
+    """The history (one row per round, as `Federation.run`) of `simulate(backend, **settings)`."""
+    return simulate(backend, **settings).history()

@@ -47,6 +47,7 @@ class FlbookStrategy(Strategy):
         self.bytes_up = self.bytes_down = 0
         self.rows: list[dict] = []
         self.started = time.perf_counter()
+        self.round_starts: list[float] = []  # perf_counter() as each round's configure_train begins
 
     def _map_nodes(self, grid: Grid) -> None:
         """Ask each node once which partition it holds."""
@@ -60,6 +61,7 @@ class FlbookStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        self.round_starts.append(time.perf_counter())
         if not self.node_of:
             self._map_nodes(grid)
         ids = self.fed.participation.sample(server_round, self.fed.n_clients, self.rng)

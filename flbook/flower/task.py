@@ -41,19 +41,20 @@ def build_algorithm(config: Mapping[str, object]) -> Algorithm:
 
 
 @functools.lru_cache(maxsize=4)
-def _federation(items: tuple[tuple[str, object], ...]) -> Federation:
+def _federation(items: tuple[tuple[str, object], ...], executor: str) -> Federation:
     c = dict(items)
     data = load(c["dataset"])
     alpha, n, seed = float(c["alpha"]), int(c["clients"]), int(c["seed"])
     parts = dirichlet(data.y_train, n, alpha, seed=seed) if alpha > 0 else iid(data.y_train, n, seed=seed)
     return Federation(data, parts, c["model"], local_steps=int(c["local-steps"]), batch_size=int(c["batch-size"]),
                       lr=float(c["lr"]), clients_per_round=int(c["clients-per-round"]), seed=seed, device="cpu",
-                      executor="loop", batch_sampling="per_client")
+                      executor=executor, batch_sampling="per_client")
 
 
-def build_federation(config: Mapping[str, object]) -> Federation:
-    """The in-process federation of the task (cached per process): per-client batches, loop executor, on the CPU.
+def build_federation(config: Mapping[str, object], executor: str = "loop") -> Federation:
+    """The in-process federation of the task (cached per process): per-client batches, on the CPU, run by the loop
+    executor (as a Flower client trains: one at a time) unless `executor` says otherwise.
 
     A Flower client reproduces its batches from the round key alone (`Federation.client_batches`)."""
     keys = ("dataset", "clients", "alpha", "model", "local-steps", "batch-size", "lr", "clients-per-round", "seed")
-    return _federation(tuple((k, config[k]) for k in keys))
+    return _federation(tuple((k, config[k]) for k in keys), executor)
