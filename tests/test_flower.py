@@ -80,3 +80,39 @@ def test_the_ray_simulation_engine_gives_the_same_history():
     assert lines, done.stdout[-2000:] + done.stderr[-2000:]
     assert json.loads(lines[0].split(" ", 1)[1]) == pytest.approx(run("local", **settings).test_loss.tolist(),
                                                                  abs=1e-6)
+
+
+def test_round_key_is_the_strategys_draw():
+    from flbook.flower.apps import round_key
+    generator = torch.Generator().manual_seed(5)
+    draws = [int(torch.randint(-2**63, 2**63 - 1, (), generator=generator)) for _ in range(3)]
+    assert [round_key(5, t) for t in (1, 2, 3)] == draws
+
+
+@pytest.mark.parametrize("name", ["FedAvg", "FedMedian", "FedTrimmedAvg", "Krum"])
+def test_flowers_own_strategies_aggregate_flbook_clients_as_flbooks_rules_do(name):
+    """One round: flbook FedAvg clients reply in Flower's form; Flower's rule equals flbook's where both define it."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.serverapp import strategy as flower_strategies
+
+    from flbook import robust
+
+    settings = {**SMALL, "clients": 6}
+    config = task_config(settings)
+    _, client = make_apps(**settings)
+    grid = LocalGrid(client, config["clients"])
+    fed = build_federation(config)
+    x = fed.initial_model()
+    content = RecordDict({"arrays": ArrayRecord({"x": x}), "config": ConfigRecord({"server-round": 1})})
+    replies = grid.send_and_receive([Message(content, dst_node_id=node, message_type="train")
+                                     for node in grid.get_node_ids()])
+    models = torch.stack([r.content["arrays"].to_torch_state_dict()["x"] for r in replies])  # (M, P)
+    sizes = fed.client_sizes[[int(r.content["metrics"]["partition-id"]) for r in replies]].double()
+    made = {"FedAvg": lambda: flower_strategies.FedAvg(), "FedMedian": lambda: flower_strategies.FedMedian(),
+            "FedTrimmedAvg": lambda: flower_strategies.FedTrimmedAvg(beta=0.2),
+            "Krum": lambda: flower_strategies.Krum(num_malicious_nodes=1)}[name]()
+    theirs = made.aggregate_train(1, replies)[0].to_torch_state_dict()["x"]
+    ours = {"FedAvg": lambda: robust.mean(models.double(), sizes / sizes.sum()), "FedMedian": lambda: robust.coordinate_median(models),
+            "FedTrimmedAvg": lambda: robust.trimmed_mean(models, 1), "Krum": lambda: robust.krum(models, 1)}[name]()
+    assert torch.allclose(theirs.double(), ours.double(), atol=1e-6)
+    assert not torch.allclose(models[0], models[1])  # the clients trained on their own batches

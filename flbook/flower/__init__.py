@@ -19,7 +19,9 @@ pyproject.toml names the two apps under `[tool.flwr.app.components]` (serverapp,
 
 What crosses the wire: the server's `algorithm.downlink(x, state)` as an ArrayRecord in a "train" message with the
 round and its batch key; the client's message (update, or SCAFFOLD's pair) as an ArrayRecord, plus "num-examples".
-Per-client state (SCAFFOLD's c_i) stays on the device in `context.state`.
+Per-client state (SCAFFOLD's c_i) stays on the device in `context.state`. A client sent Flower's standard message
+("arrays" holding "x", "config" with "server-round"), e.g. by `flwr.serverapp.strategy.Krum`, replies in Flower's
+form (its local model as "arrays", and "num-examples"), so Flower's own strategies aggregate flbook clients.
 """
 try:
     import flwr  # noqa: F401

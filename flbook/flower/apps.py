@@ -34,25 +34,50 @@ def _query(settings: Mapping[str, object], message: Message, context: Context) -
     return Message(RecordDict({"partition": record}), reply_to=message)
 
 
+def round_key(seed: int, server_round: int) -> int:
+    """The batch key `Federation.sample_batches` draws in round t of a run seeded `seed` (per-client mode)."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(server_round):  # one scalar draw per round, as the strategy and the federation draw it
+        key = torch.randint(-2**63, 2**63 - 1, (), generator=generator)
+    return int(key)
+
+
 def _train(settings: Mapping[str, object], message: Message, context: Context) -> Message:
-    """One client's local training: the unchanged `client_update` on batches drawn from (round key, client)."""
+    """One client's local training: the unchanged `client_update` on batches drawn from (round key, client).
+
+    A message from FlbookStrategy ("down", "config" with the batch key) gets the algorithm's message ("update").
+    A message from one of Flower's own strategies ("arrays" holding "x", "config" with "server-round") gets
+    Flower's standard reply: the local model x + delta as "arrays" and "num-examples", for algorithms whose
+    message is a model difference (FedAvg, FedProx): Flower then aggregates flbook clients with its own rules."""
     config = _config(settings, context)
     fed, algorithm = build_federation(config), build_algorithm(config)
     client = torch.tensor([_partition(context)])
-    down = from_record(message.content["down"])
+    standard = "arrays" in message.content
+    settings_in = message.content["config"]
+    if standard:
+        down = {"x": from_record(message.content["arrays"])["x"]}
+        key = round_key(int(config["seed"]), int(settings_in["server-round"]))
+    else:
+        down, key = from_record(message.content["down"]), int(settings_in["batch-key"])
     if "client-state" in context.state:  # this client's state from its previous round (e.g. SCAFFOLD's c_i)
         state = from_record(context.state["client-state"])
     else:
         state = algorithm.init_client_state(fed.initial_model())
     steps = fed.steps_for(client)
-    index = fed.client_batches(client, steps, int(message.content["config"]["batch-key"]))  # (1, K, B)
+    index = fed.client_batches(client, steps, key)  # (1, K, B)
     stacked = {k: v[None] for k, v in state.items()}  # (1, ...)
     update, state = fed.train_cohort(algorithm, down, index, steps, stacked, executor=LoopExecutor())
     if state:
         context.state["client-state"] = to_record({k: v[0] for k, v in state.items()})
     metrics = MetricRecord({"partition-id": int(client), "num-examples": int(fed.client_sizes[client])})
-    return Message(RecordDict({"update": to_record({k: v[0] for k, v in update.items()}), "metrics": metrics}),
-                   reply_to=message)
+    if not standard:
+        return Message(RecordDict({"update": to_record({k: v[0] for k, v in update.items()}), "metrics": metrics}),
+                       reply_to=message)
+    if set(update) != {"delta"}:
+        raise ValueError(f"{algorithm.name} sends {sorted(update)}, not a model difference: Flower's own strategies "
+                         f"cannot aggregate it; run it with FlbookStrategy")
+    model = ArrayRecord({"x": down["x"] + update["delta"][0]})
+    return Message(RecordDict({"arrays": model, "metrics": metrics}), reply_to=message)
 
 
 def _main(settings: Mapping[str, object], grid: Grid, context: Context,
