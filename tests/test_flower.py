@@ -116,3 +116,68 @@ def test_flowers_own_strategies_aggregate_flbook_clients_as_flbooks_rules_do(nam
             "FedTrimmedAvg": lambda: robust.trimmed_mean(models, 1), "Krum": lambda: robust.krum(models, 1)}[name]()
     assert torch.allclose(theirs.double(), ours.double(), atol=1e-6)
     assert not torch.allclose(models[0], models[1])  # the clients trained on their own batches
+
+
+APP = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "flbookapp"
+version = "1.0.0"
+dependencies = ["flwr>=1.42,<1.43"]
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "flbook"
+
+[tool.flwr.app.components]
+serverapp = "flbook.flower.apps:server_app"
+clientapp = "flbook.flower.apps:client_app"
+
+[tool.flwr.app.config]
+clients = 2
+clients-per-round = 2
+rounds = 2
+algorithm = "FedAvg"
+history = "{history}"
+"""
+
+
+def test_a_superlink_and_two_supernodes_on_loopback_give_the_local_history(tmp_path):
+    """Deployment: flower-superlink, two flower-supernode --node-config partition-id=k, then flwr run."""
+    import os
+    from pathlib import Path
+
+    import pandas as pd
+
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "flower-superlink").exists():
+        pytest.skip("flower-superlink is not installed beside this Python")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "pyproject.toml").write_text(APP.format(history=tmp_path / "history.csv"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "config.toml").write_text(
+        '[superlink]\ndefault = "loop"\n\n[superlink.loop]\naddress = "127.0.0.1:8000"\ninsecure = true\n')
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "home"), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    log = open(tmp_path / "processes.log", "w")
+    started = [subprocess.Popen([str(bin_dir / "flower-superlink"), "--insecure", "--database", ":flwr-in-memory:"],
+                                env=env, stdout=log, stderr=log)]
+    try:
+        for k in range(2):
+            started.append(subprocess.Popen([str(bin_dir / "flower-supernode"), "--insecure", "--superlink",
+                                             "127.0.0.1:8000", "--node-config", f"partition-id={k} num-partitions=2",
+                                             "--port", str(9094 + k)], env=env, stdout=log, stderr=log))
+        done = subprocess.run([str(bin_dir / "flwr"), "run", ".", "loop", "--stream"], cwd=tmp_path / "app", env=env,
+                              capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    finally:
+        for process in reversed(started):
+            process.terminate()
+            process.wait(timeout=30)
+        log.close()
+    deployed = pd.read_csv(tmp_path / "history.csv")
+    local = run("local", clients=2, **{"clients-per-round": 2}, rounds=2)
+    assert deployed.test_loss.tolist() == pytest.approx(local.test_loss.tolist(), abs=1e-6)

@@ -108,7 +108,9 @@ def make_apps(on_done: Callable[[FlbookStrategy], None] | None = None,
     return server, client
 
 
-server_app, client_app = make_apps()  # for `flwr run`: the task comes from the run config alone
+_apps = make_apps()  # for `flwr run`: the task comes from the run config alone
+server_app = _apps[0]  # one name per line: `flwr run` finds the components by reading this file
+client_app = _apps[1]
 
 
 class LocalGrid(Grid):
