@@ -10,12 +10,18 @@ gives the same history as `Federation(..., batch_sampling="per_client", executor
 `flbook.flower.task.DEFAULTS` (MNIST-1D, 100 clients from Dirichlet(0.5), the MLP, 5 local steps of batch 32).
 
 Across machines, the apps are `flbook.flower.apps:server_app` and `flbook.flower.apps:client_app`; they read the
-task from the run config. Start a SuperLink, one SuperNode per client, then the run from a Flower app folder whose
-pyproject.toml names the two apps under `[tool.flwr.app.components]` (serverapp, clientapp):
+task from the run config. A Flower app folder holds one pyproject.toml naming them (`[tool.flwr.app.components]`
+serverapp and clientapp, `[tool.flwr.app.config]` with the task's keys, e.g. clients = 2, rounds = 5); the CLI
+finds the SuperLink through `$FLWR_HOME/config.toml` (`[superlink.NAME]` with address and insecure = true).
+flwr 1.42's SuperLink serves its Control and Fleet APIs on one port (8000). Then, with flbook installed everywhere:
 
-    flower-superlink --insecure
-    flower-supernode --insecure --superlink <host>:9092 --node-config "partition-id=0"    # on each device, k = 0..N-1
-    flwr run . --run-config 'clients=2 clients-per-round=2 algorithm="FedAvg" rounds=5'
+    flower-superlink --insecure                                             # on the server
+    flower-supernode --insecure --superlink <server>:8000 --node-config "partition-id=0 num-partitions=2"
+    flower-supernode --insecure --superlink <server>:8000 --node-config "partition-id=1 num-partitions=2"
+    flwr run <app folder> NAME --stream --run-config 'algorithm="SCAFFOLD"'
+
+(one SuperNode per client; several on one device need distinct --port). tests/test_flower.py runs exactly this
+on loopback with two SuperNodes and checks the history against `run("local", ...)`.
 
 What crosses the wire: the server's `algorithm.downlink(x, state)` as an ArrayRecord in a "train" message with the
 round and its batch key; the client's message (update, or SCAFFOLD's pair) as an ArrayRecord, plus "num-examples".
