@@ -13,7 +13,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -523,6 +523,13 @@ class Federation:
 
         A value may be an (algorithm, channel) pair, to compare one algorithm over several channels.
         `history.attrs["diverged"]` names the runs that diverged, with their rounds."""
+        *_, history = self.compare_each(algorithms, rounds, **run_kwargs)
+        return history
+
+    def compare_each(self, algorithms: Mapping[str, Algorithm | tuple[Algorithm, Channel]] | Iterable[Algorithm],
+                     rounds: int, **run_kwargs) -> Iterator[pd.DataFrame]:
+        """`compare` one run at a time: yields the history so far after each algorithm, so a panel can draw the
+        first curve while the others train. The arguments are checked before anything trains."""
         named = list(algorithms.items() if isinstance(algorithms, Mapping) else ((str(a), a) for a in algorithms))
         if not named:
             raise ValueError("algorithms must name at least one algorithm, got none")
@@ -532,12 +539,17 @@ class Federation:
         runs = [entry if isinstance(entry, tuple) else (entry, None) for _, entry in named]  # (algorithm, channel)
         for algorithm, _ in runs:
             _check_algorithm(algorithm)
-        histories = [self.run(algorithm, rounds, channel=channel, label=name, **run_kwargs)
-                     for name, (algorithm, channel) in zip(labels, runs)]
-        history = pd.concat(histories, ignore_index=True)
-        diverged = {name: h.attrs["diverged_at"] for name, h in zip(labels, histories) if "diverged_at" in h.attrs}
-        history.attrs = {"diverged": diverged} if diverged else {}  # which runs diverged, and at which round
-        return history
+        return self._each_run(labels, runs, rounds, run_kwargs)
+
+    def _each_run(self, labels: list[str], runs: list[tuple[Algorithm, Channel | None]], rounds: int,
+                  run_kwargs: dict) -> Iterator[pd.DataFrame]:
+        histories: list[pd.DataFrame] = []
+        for name, (algorithm, channel) in zip(labels, runs):
+            histories.append(self.run(algorithm, rounds, channel=channel, label=name, **run_kwargs))
+            history = pd.concat(histories, ignore_index=True)
+            diverged = {n: h.attrs["diverged_at"] for n, h in zip(labels, histories) if "diverged_at" in h.attrs}
+            history.attrs = {"diverged": diverged} if diverged else {}  # which runs diverged, and at which round
+            yield history
 
     def __repr__(self) -> str:
         return (f"Federation({self.dataset.name}, {self.n_clients} clients, {self.model}, "

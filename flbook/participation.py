@@ -39,14 +39,14 @@ class Participation(Protocol):
 class Uniform:
     """A fixed number of clients drawn uniformly without replacement each round (McMahan et al.'s C-fraction).
 
-    `count` (clients_per_round) and the federation size are at most MAX_CLIENTS = 10**6."""
+    `count` (the Federation's clients_per_round) and the federation size are at most MAX_CLIENTS = 10**6."""
 
     fraction: float | None = 1.0
     count: int | None = None
 
     def __post_init__(self) -> None:
         if self.count is not None:
-            object.__setattr__(self, "count", V.integer("clients_per_round", self.count, 1, MAX_CLIENTS))
+            object.__setattr__(self, "count", V.integer("count", self.count, 1, MAX_CLIENTS))
         elif self.fraction is None:
             raise ValueError("give a participation fraction in (0, 1] or a count, got neither")
         else:
@@ -57,7 +57,7 @@ class Uniform:
         n_clients = _n_clients(n_clients)
         if self.count is not None:
             if self.count > n_clients:
-                raise ValueError(f"clients_per_round must be <= n_clients={n_clients}, got {self.count}")
+                raise ValueError(f"Uniform: count must be <= n_clients={n_clients} (clients per round), got {self.count}")
             return self.count
         return max(1, round(self.fraction * n_clients))
 

@@ -76,7 +76,7 @@ def test_data_correlated_clients_with_the_class_report_rarely():
     (lambda: two_groups(2.5, 0.5, 0.1), "n_clients must be an integer, got 2.5"),
     (lambda: two_groups(4, float("nan"), 0.1), "rate must be in .*got nan"),
     (lambda: Uniform(fraction=float("nan")), "participation fraction must be in .*got nan"),
-    (lambda: Uniform(count=2.5), "clients_per_round must be an integer, got 2.5"),
+    (lambda: Uniform(count=2.5), "count must be an integer, got 2.5"),
     (lambda: data_correlated([0.2, 1.5], 0.5, 0.5), r"score must be .* in \[0, 1\]"),
     (lambda: data_correlated([0.2], 0.5, 1.0), r"strength must be in \[0, 1\)"),
     (lambda: data_correlated([0.2], 1.5, 0.5), r"rate must be in \(0, 1\]"),
@@ -97,8 +97,8 @@ def test_bernoulli_with_tiny_probabilities_gives_up_after_a_bounded_number_of_dr
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: Uniform(count=2**70), r"clients_per_round must be an integer in \[1, 1000000\]"),
-    (lambda: Uniform(count=30).sample(0, 20, np.random.default_rng(0)), "clients_per_round must be <= n_clients=20"),
+    (lambda: Uniform(count=2**70), r"count must be an integer in \[1, 1000000\]"),
+    (lambda: Uniform(count=30).sample(0, 20, np.random.default_rng(0)), "Uniform: count must be <= n_clients=20"),
     (lambda: Uniform(0.5).sample(0, 2**40, np.random.default_rng(0)), r"n_clients must be an integer in \[1, 1000000\]"),
     (lambda: Uniform(0.5).probabilities(2**40), r"n_clients must be an integer in \[1, 1000000\]"),
     (lambda: two_groups(2**40, 0.5, 0.1), r"n_clients must be an integer in \[1, 1000000\]"),

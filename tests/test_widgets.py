@@ -196,3 +196,26 @@ def test_every_control_has_its_own_layout():
                 **widgets.compression_controls()}
     layouts = [id(control.layout) for control in controls.values()]
     assert len(set(layouts)) == len(layouts)  # hiding one control must not hide another
+
+
+def test_a_streaming_run_draws_each_history_it_yields():
+    drawn = []
+
+    def plot(history):
+        drawn.append(len(history))
+        return plots.accuracy_figure(history)
+
+    controls = widgets.standard_controls(algorithms=("FedAvg", "SCAFFOLD"), **TINY)
+    panel = widgets.control_panel(run=widgets.compare_run(progress=False, stream=True), controls=controls, plot=plot)
+    panel.on_run()
+    assert drawn == [3, 6]  # rounds 0-2 of FedAvg, then of both
+    assert list(pd.unique(panel.history.algorithm)) == ["FedAvg", "SCAFFOLD"]
+    assert 0 < panel.first_figure_s and panel.error is None
+    whole = widgets.compare_run(progress=False)(panel.values())
+    pd.testing.assert_frame_equal(panel.history.drop(columns="wall_time"), whole.drop(columns="wall_time"))
+
+
+def test_a_streaming_run_checks_its_arguments_before_training():
+    fed = widgets.federation_from({"model": "logistic", "n_clients": 5})
+    with pytest.raises(ValueError, match="at least one algorithm"):
+        fed.compare_each({}, 2)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import ipywidgets as W
 import numpy as np
@@ -191,21 +191,23 @@ def baselines_from(values: Mapping[str, object]) -> dict[str, Algorithm]:
 
 
 def compare_run(algorithms: Mapping[str, Algorithm | Callable[[dict], Algorithm]] | None = None, *,
-                progress: bool = True, on_divergence: str = "stop") -> Run:
+                progress: bool = True, on_divergence: str = "stop", stream: bool = False) -> Run:
     """A `run` for `control_panel`: build the federation from the values and compare the selected algorithms.
 
     `algorithms` maps display names to algorithms, or to functions of the control values that build one
     (so a slider can set a hyperparameter); default: the baselines of `baselines_from(values)`. The
     "algorithms" value selects which names run (all when absent); "rounds" sets the number of rounds.
-    A diverging algorithm stops with a warning by default, so the others still show."""
+    A diverging algorithm stops with a warning by default, so the others still show. With `stream=True` the run
+    yields the history after each algorithm (`Federation.compare_each`), so a panel draws the first curve early."""
     names = tuple(BASELINES) if algorithms is None else tuple(algorithms)
 
-    def run(values: dict) -> pd.DataFrame:
+    def run(values: dict) -> pd.DataFrame | Iterator[pd.DataFrame]:
         table = baselines_from(values) if algorithms is None else algorithms
         built = {name: table[name] if isinstance(table[name], Algorithm) else table[name](values)
                  for name in chosen(values, names)}
         rounds = int(values.get("rounds", DEFAULTS["rounds"]))
-        return federation_from(values).compare(built, rounds, progress=progress, on_divergence=on_divergence)
+        fed = federation_from(values)
+        return (fed.compare_each if stream else fed.compare)(built, rounds, progress=progress, on_divergence=on_divergence)
 
     return run
 

@@ -31,7 +31,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--disable-sync"]
 SERVER_START_S = 120
 SERVER_STOP_S = 30
-SESSION_BUDGET_S = 20 * 60  # past it the remaining notebooks fail at once, so a hung kernel cannot run on for hours
+SESSION_BUDGET_S = 35 * 60  # about 75 s per notebook; past it the rest fail at once, so a hung kernel cannot run on
 # JupyterLab settings: every cell stays in the page (not only the visible ones), and no news or update checks.
 LAB_SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": '{"windowingMode": "none"}',
