@@ -361,6 +361,8 @@ def test_a_participation_model_too_large_for_the_federation_names_its_own_parame
     with pytest.raises(ValueError, match=r"Uniform: count must be <= n_clients=3 \(clients per round\), got 5"):
         Federation(digits_data, equal_parts(len(digits_data.y_train), 3, 20), "logistic",
                    participation=Uniform(count=5))
+
+
 @pytest.fixture
 def unequal():
     ids = np.random.default_rng(1).permutation(300)
