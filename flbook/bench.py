@@ -5,6 +5,7 @@
     python -m flbook.bench --markdown      # a table to paste into the README
     python -m flbook.bench --limit         # also FLOPs per round and the fraction of the machine's matmul rate
     python -m flbook.bench --reader        # only what a reader waits for: each panel's Run, each notebook's run
+    python -m flbook.bench --flower        # only the side-by-side FedAvg task against Flower (needs '.[flower]')
 
 Each round trains M clients for K=5 local steps of batch B=32 on MNIST-shaped inputs (1x28x28; the
 values do not matter for timing). Centralized training runs the same M*K minibatches through one
@@ -290,8 +291,21 @@ def main(argv: list[str] | None = None) -> None:
                         help="only what a reader waits for: each panel's Run to its figure, each notebook's run")
     parser.add_argument("--notebooks", default=str(Path(__file__).resolve().parents[1] / "notebooks"),
                         help="the folder of notebooks --reader runs")
+    parser.add_argument("--flower", action="store_true",
+                        help="only FedAvg on MNIST-1D in flbook, on Flower's Simulation Engine, in a PyTorch loop over "
+                             "nn.Module copies and centralized (flbook.flower.bench; needs pip install -e '.[flower]')")
+    parser.add_argument("--flower-cohorts", default="10/100,100/100",
+                        help="clients per round / clients, comma-separated, for --flower (e.g. 10/100,100/1000)")
+    parser.add_argument("--flower-rounds", type=int, default=30, help="rounds of each run for --flower")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
+    if args.flower:
+        from .flower.bench import side_by_side  # the optional extra: imported only here
+        cohorts = tuple(tuple(int(n) for n in c.split("/")) for c in args.flower_cohorts.split(","))
+        print(f"# FedAvg side by side on {machine(torch.device('cpu'))}: MNIST-1D, Dirichlet(0.5), MLP, K=5, B=32, "
+              f"{args.flower_rounds} rounds; start-up = call to end of round 1, rounds 2..R", flush=True)
+        print(_format(side_by_side(cohorts, args.flower_rounds), args.markdown))
+        return
     if args.reader:
         print(f"# What a reader waits for, on {machine(device)}")
         print("\n# Control panels: Run at the defaults -> figure")

@@ -37,6 +37,15 @@ class DivergenceError(RuntimeError):
 
 
 EXECUTORS = ("auto", "loop", "batched")
+BATCH_SAMPLING = ("cohort", "per_client")
+_GOLDEN = -0x61C8864680B583EB  # 0x9E3779B97F4A7C15, the 64-bit golden ratio, as a signed int64
+
+
+def _mix64(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 tensors (wrapping products, logical shifts): a counter-based hash."""
+    for shift, factor in ((30, -0x40A7B892E31B1A47), (27, -0x6B2FB644ECCEEE15)):  # 0xbf58476d1ce4e5b9, 0x94d049bb133111eb
+        z = (z ^ ((z >> shift) & ((1 << (64 - shift)) - 1))) * factor
+    return z ^ ((z >> 31) & ((1 << 33) - 1))
 
 
 def _participation(participation: float | Participation, clients_per_round: int | None, n_clients: int) -> Participation:
@@ -188,7 +197,7 @@ class Federation:
                  weight_decay: float = 0.0, participation: float | Participation = 1.0,
                  clients_per_round: int | None = None, seed: int = 0, device: str | torch.device | None = None,
                  executor: str | LoopExecutor | BatchedExecutor = "auto", channel: Channel | None = None,
-                 threads: int | str | None = "auto"):
+                 threads: int | str | None = "auto", batch_sampling: str = "cohort"):
         if not isinstance(dataset, Dataset):
             raise TypeError(f"dataset must be a flbook.data.Dataset (e.g. load('digits')), got {type(dataset).__name__}")
         # A round draws clients x steps x batch_size <= V.MAX_SAMPLES_DRAWN ids (see _check_round_size), which
@@ -206,6 +215,7 @@ class Federation:
             V.choice("executor", executor, EXECUTORS)
         elif not callable(executor):
             raise TypeError(f"executor must be one of {EXECUTORS} or an executor object, got {executor!r}")
+        self.batch_sampling = V.choice("batch_sampling", batch_sampling, BATCH_SAMPLING)
         if channel is not None and not isinstance(channel, Channel):
             raise TypeError(f"channel must be a flbook.channel.Channel or None, got {type(channel).__name__}")
         self.device = resolve_device(device)
@@ -299,13 +309,33 @@ class Federation:
         """Sample ids (M, K, B): each client walks through a fresh shuffle of its shard, wrapping around.
 
         Within a round a client sees each of its samples once before any repeats (an epoch-like pass);
-        clients with fewer than K*B samples start the same shuffle again."""
+        clients with fewer than K*B samples start the same shuffle again. With batch_sampling="cohort" the
+        cohort's shuffles come from one draw of `generator`, so a client's batches depend on who else was sampled;
+        with "per_client" the call draws one round key from `generator` and each client's shuffle depends on
+        (round key, client) only (`client_batches`), as a client on its own device can reproduce it."""
+        if self.batch_sampling == "per_client":
+            key = int(torch.randint(-2**63, 2**63 - 1, (), generator=generator, device=generator.device))
+            return self.client_batches(clients, steps, key)
+        sizes = self.client_sizes[clients]  # (M,)
+        keys = torch.rand(len(clients), int(sizes.max()), generator=generator, device=self.device)  # (M, n_max)
+        return self._walk(clients, steps, keys, 2.0)
+
+    def client_batches(self, clients: torch.Tensor, steps: torch.Tensor | None, key: int) -> torch.Tensor:
+        """Sample ids (M, K, B) of the per-client mode: client i's shuffle sorts its positions j by
+        hash(hash(key + i * golden) + j * golden), so its batches are the same whoever else is sampled."""
+        clients = clients.to(self.device)
+        width = int(self.client_sizes[clients].max())
+        client_key = _mix64(clients.long() * _GOLDEN + key)  # (M,)
+        keys = _mix64(client_key[:, None] + torch.arange(width, device=self.device) * _GOLDEN)  # (M, n_max)
+        return self._walk(clients, steps, keys, torch.iinfo(torch.long).max)
+
+    def _walk(self, clients: torch.Tensor, steps: torch.Tensor | None, keys: torch.Tensor,
+              past_end: float | int) -> torch.Tensor:
+        """Sample ids (M, K, B) from sort keys (M, n_max): positions past a client's size get `past_end` (last)."""
         n_steps = self.local_steps if steps is None else int(steps.max())
         sizes = self.client_sizes[clients]  # (M,)
-        width = int(sizes.max())
-        keys = torch.rand(len(clients), width, generator=generator, device=self.device)  # (M, n_max)
-        keys.masked_fill_(torch.arange(width, device=self.device) >= sizes[:, None], 2.0)
-        shuffle = keys.argsort(dim=1)  # (M, n_max), a client's own positions come first
+        keys.masked_fill_(torch.arange(keys.shape[1], device=self.device) >= sizes[:, None], past_end)
+        shuffle = keys.argsort(dim=1, stable=True)  # (M, n_max), a client's own positions come first
         slot = torch.arange(n_steps * self.batch_size, device=self.device)  # (K*B,)
         position = shuffle.gather(1, slot[None, :] % sizes[:, None])  # (M, K*B)
         index = self._order[self._offsets[clients][:, None] + position]

@@ -361,3 +361,49 @@ def test_a_participation_model_too_large_for_the_federation_names_its_own_parame
     with pytest.raises(ValueError, match=r"Uniform: count must be <= n_clients=3 \(clients per round\), got 5"):
         Federation(digits_data, equal_parts(len(digits_data.y_train), 3, 20), "logistic",
                    participation=Uniform(count=5))
+
+
+@pytest.fixture
+def unequal():
+    ids = np.random.default_rng(1).permutation(300)
+    return np.split(ids, np.cumsum([5, 17, 40, 90, 33, 3, 70]))[:7]  # sizes 5 ... 90, 42 samples left unheld
+
+
+def test_per_client_batches_do_not_depend_on_the_cohort(digits_data, unequal):
+    fed = Federation(digits_data, unequal, "logistic", local_steps=3, batch_size=8, batch_sampling="per_client")
+    cohort = torch.tensor([6, 1, 3, 0])
+    together = fed.client_batches(cohort, None, key=7)  # (4, 3, 8)
+    for row, k in zip(together, cohort):
+        assert torch.equal(fed.client_batches(torch.tensor([k]), None, key=7)[0], row)
+    assert not torch.equal(fed.client_batches(cohort, None, key=8), together)  # a new round, new batches
+    # sample_batches draws one round key from the generator: the same seed gives the same batches
+    a = fed.sample_batches(cohort, None, torch.Generator().manual_seed(3))
+    assert torch.equal(a, fed.sample_batches(cohort, None, torch.Generator().manual_seed(3)))
+    assert not torch.equal(a, fed.sample_batches(cohort, None, torch.Generator().manual_seed(4)))
+
+
+@pytest.mark.parametrize("sampling", ["cohort", "per_client"])
+def test_every_sample_of_a_shard_is_seen_once_per_pass(digits_data, unequal, sampling):
+    fed = Federation(digits_data, unequal, "logistic", local_steps=6, batch_size=7, batch_sampling=sampling)
+    clients = torch.arange(len(unequal))
+    index = fed.sample_batches(clients, None, torch.Generator().manual_seed(0)).reshape(len(unequal), -1)  # (M, K*B)
+    for row, part in zip(index, unequal):
+        n = len(part)
+        for start in range(0, len(row) - n + 1, n):  # each full pass through the shard is a permutation of it
+            assert sorted(row[start:start + n].tolist()) == sorted(part.tolist())
+        assert set(row.tolist()) <= set(part.tolist())
+
+
+def test_per_client_sampling_keeps_the_executors_equal(digits_data, unequal):
+    models = []
+    for executor in (LoopExecutor(), BatchedExecutor(chunk_size=3)):
+        fed = Federation(digits_data, unequal, "mlp", local_steps=3, batch_size=16, participation=0.5, seed=2,
+                         executor=executor, batch_sampling="per_client")
+        fed.run(Scaffold(), 3, progress=False)
+        models.append(fed.final_models["SCAFFOLD"])
+    assert torch.allclose(models[0], models[1], atol=1e-5)
+
+
+def test_batch_sampling_is_checked(digits_data, unequal):
+    with pytest.raises(ValueError, match="batch_sampling must be one of"):
+        Federation(digits_data, unequal, "logistic", batch_sampling="per-client")

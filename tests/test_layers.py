@@ -7,7 +7,7 @@ Layers, each importing only layers before it (README, "The package"):
   3 measures    drift, loss_decomposition, admm, protocol
   4 screen      plots, widgets
   5 chapters    one module per notebook; never imports another chapter
-  6 tools       bench
+  6 tools       bench, flower (the optional Flower bridge: imported by nothing but bench)
 Extra rules: the core imports `algorithms.base` only, never a method; a method imports nothing above the
 algorithms layer except `federation` for type annotations (under TYPE_CHECKING); no import cycle.
 """
@@ -23,11 +23,12 @@ LAYERS = {  # top-level module or subpackage -> layer
     **dict.fromkeys(("data", "partition", "models", "runtime", "participation", "devices", "clock", "history", "utils",
                      "validation", "robust", "attacks", "topology"), 0),
     "algorithms": 1,
-    **dict.fromkeys(("channel", "executors", "federation", "asynchronous", "decentralized", "split", "flower"), 2),
+    **dict.fromkeys(("channel", "executors", "federation", "asynchronous", "decentralized", "split"), 2),
     **dict.fromkeys(("drift", "loss_decomposition", "admm", "protocol"), 3),
     **dict.fromkeys(("plots", "widgets"), 4),
     "chapters": 5,
     "bench": 6,  # a tool: it times the chapters' panels too
+    "flower": 6,  # the optional Flower bridge (methods by name, so above the core); only bench imports it
 }
 CORE = {name for name, layer in LAYERS.items() if layer == 2}
 
@@ -150,3 +151,9 @@ def test_a_planted_import_is_caught(tmp_path, files, why):
 def test_annotations_of_the_federation_in_a_method_are_allowed(tmp_path):
     text = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..federation import Federation\n"
     assert violations(_plant(tmp_path, {"algorithms/fedx.py": text, "federation.py": ""})) == []
+
+
+def test_only_the_benchmark_imports_the_optional_flower_bridge():
+    importers = {unit(source) for source, targets in graph().items() for target, _, _ in targets
+                 if unit(target) == "flower" and unit(source) != "flower"}
+    assert importers <= {"bench"}
