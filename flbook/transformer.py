@@ -58,7 +58,7 @@ class Block(nn.Module):
 class PatchTokens(nn.Module):
     """Image (C, H, W) or signal (L,) -> patch tokens, linearly embedded, with a class token and position embeddings."""
 
-    def __init__(self, input_shape: tuple[int, ...], patch: int, dim: int, cls_token: bool):
+    def __init__(self, input_shape: tuple[int, ...], patch: int, dim: int, cls_token: bool, prompts: int = 0):
         super().__init__()
         self.input_shape, self.patch = tuple(input_shape), patch
         if len(input_shape) == 3:
@@ -76,13 +76,16 @@ class PatchTokens(nn.Module):
         self.embed = nn.Linear(patch_dim, dim)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None
         self.pos = nn.Parameter(torch.zeros(1, self.n_tokens, dim))
+        # soft prompts (VPT-shallow, Jia et al. 2022): L_p learned tokens after the class token, without positions
+        self.prompts = nn.Parameter(torch.zeros(1, prompts, dim)) if prompts else None
+        self.n_tokens += prompts
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Class token and position embeddings ~ N(0, 0.02^2), as in ViT; `embed` resets itself."""
-        nn.init.normal_(self.pos, std=0.02)
-        if self.cls is not None:
-            nn.init.normal_(self.cls, std=0.02)
+        """Class token, position embeddings and prompts ~ N(0, 0.02^2), as in ViT; `embed` resets itself."""
+        for p in (self.pos, self.cls, self.prompts):
+            if p is not None:
+                nn.init.normal_(p, std=0.02)
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
         """Non-overlapping patches, flattened: (B, C, H, W) -> (B, N, C p p) or (B, L) -> (B, N, p)."""
@@ -97,17 +100,22 @@ class PatchTokens(nn.Module):
         tokens = self.embed(self.patches(x))  # (B, N, D)
         if self.cls is not None:
             tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], 1)  # (B, 1 + N, D)
-        return tokens + self.pos  # (B, T, D)
+        tokens = tokens + self.pos  # (B, T0, D)
+        if self.prompts is None:
+            return tokens  # (B, T, D)
+        first = int(self.cls is not None)
+        prompts = self.prompts.expand(x.shape[0], -1, -1)  # (B, L_p, D)
+        return torch.cat([tokens[:, :first], prompts, tokens[:, first:]], 1)  # (B, T = T0 + L_p, D)
 
 
 class VisionTransformer(nn.Module):
     """ViT (Dosovitskiy et al. 2021): patch tokens -> pre-norm blocks -> final LayerNorm -> pooled linear head."""
 
     def __init__(self, input_shape: tuple[int, ...], n_classes: int, patch: int, dim: int, depth: int, heads: int,
-                 mlp: int, pool: str):
+                 mlp: int, pool: str, prompts: int = 0):
         super().__init__()
         self.pool = pool
-        self.tokens = PatchTokens(input_shape, patch, dim, cls_token=pool == "cls")
+        self.tokens = PatchTokens(input_shape, patch, dim, cls_token=pool == "cls", prompts=prompts)
         self.blocks = nn.ModuleList([Block(dim, heads, mlp) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, n_classes)
@@ -117,11 +125,14 @@ class VisionTransformer(nn.Module):
         h = self.norm(h)  # (B, T, D)
         return self.head(h[:, 0] if self.pool == "cls" else h.mean(1))  # (B, classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.tokens(x)  # (B, T, D)
-        for block in self.blocks:
+    def forward(self, x: torch.Tensor, start: int = 0, stop: int | None = None, embed: bool = True,
+                classify: bool = True) -> torch.Tensor:
+        """The whole model by default; a piece of it for split learning: tokens (if `embed`), blocks[start:stop],
+        then the classifier (if `classify`). Inputs are images, or tokens (B, T, D) when not `embed`."""
+        h = self.tokens(x) if embed else x  # (B, T, D)
+        for block in self.blocks[start:stop]:
             h = block(h)  # (B, T, D)
-        return self.classify(h)  # (B, classes)
+        return self.classify(h) if classify else h  # (B, classes) or (B, T, D)
 
 
 class PositionEmbedding(nn.Module):
@@ -169,13 +180,16 @@ class CausalLM(nn.Module):
 
 
 def vit(input_shape: tuple[int, ...], n_classes: int, *, patch: int = 2, dim: int = 32, depth: int = 4, heads: int = 2,
-        mlp: int = 64, pool: str = "cls") -> FlatModel:
-    """A tiny ViT; the defaults turn an 8x8 digit into 16 patches of 2x2, width 32, 4 blocks of 2 heads (~35k params)."""
+        mlp: int = 64, pool: str = "cls", prompts: int = 0) -> FlatModel:
+    """A tiny ViT; the defaults turn an 8x8 digit into 16 patches of 2x2, width 32, 4 blocks of 2 heads (~35k params).
+
+    `prompts` > 0 adds that many soft prompt tokens at the input (parameters `tokens.prompts`, (1, L_p, D))."""
+    prompts = V.integer("prompts", prompts, 0)
     n_classes = V.integer("n_classes", n_classes, 1)
     patch, dim, depth, heads, mlp = (V.integer(name, value, 1) for name, value in
                                      (("patch", patch), ("dim", dim), ("depth", depth), ("heads", heads), ("mlp", mlp)))
     V.choice("pool", pool, ("cls", "mean"))
-    return FlatModel(VisionTransformer(tuple(input_shape), n_classes, patch, dim, depth, heads, mlp, pool), "vit")
+    return FlatModel(VisionTransformer(tuple(input_shape), n_classes, patch, dim, depth, heads, mlp, pool, prompts), "vit")
 
 
 def causal_lm(vocab: int, max_len: int, *, dim: int = 32, depth: int = 2, heads: int = 2, mlp: int = 64,
