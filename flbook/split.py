@@ -25,6 +25,7 @@ from .transformer import VisionTransformer
 
 PARTS = ("prompts", "head", "body", "tail")
 BYTES_PER_FLOAT = 4  # float32 messages
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class SplitModel:
@@ -111,8 +112,27 @@ class Trainable:
         params.update({n: c.view(s) for n, c, s in zip(self.names, torch.split(w, self.numels), self.shapes)})
         return params
 
+    def full(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the whole model run in one place (federated fine-tuning on the client): (B, classes)."""
+        return functional_call(self.split.model.module, self.params(w), (x,))
 
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    def local(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the client-only path tail(head(x)) that bypasses the server (SFPrompt's local loss): (B, classes)."""
+        return self.split.local(self.params(w), x)
+
+    def split_step(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss
+                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One step of the U-shaped protocol (`u_shaped_step`)."""
+        return u_shaped_step(self, w, x, y, loss_fn)
+
+    def message_bytes(self, n_samples: int | torch.Tensor) -> dict[str, int | torch.Tensor]:
+        """Bytes of the protocol's messages for `n_samples` split-trained samples, by direction."""
+        return self.split.message_bytes(n_samples, self.head_trainable)
+
+    def __repr__(self) -> str:
+        s = self.split
+        return (f"Trainable(parts={self.parts}, prompts={s.n_prompts}, head_blocks={s.head_blocks}, "
+                f"tail_blocks={s.tail_blocks}, {len(self.index)} of {s.model.n_params} parameters)")
 
 
 def u_shaped_step(trainable: Trainable, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss
