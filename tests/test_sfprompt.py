@@ -95,3 +95,18 @@ def test_keep_ratio_is_checked():
         SFPrompt(trainable=trainable, keep=0.0)
     with pytest.raises(ValueError, match="keep"):
         SFPrompt(trainable=trainable, keep=1.5)
+
+
+def test_breaking_pruning_or_the_local_loss_phase_changes_the_chapters_counts():
+    """The chapter's claim that holds: pruning cuts the split traffic to gamma of SFL's. Without pruning it fails;
+    without the local-loss phase the client's compute drops by that phase's full head-and-tail passes."""
+    from flbook.chapters import ch60_sfprompt as chapter
+    values = {**chapter.DEFAULTS, "n_clients": 3, "algorithms": ("SFL", "SFPrompt")}
+
+    def ratio(table):
+        return table.loc["SFPrompt", "smashed MB per round"] / table.loc["SFL", "smashed MB per round"]
+    table = chapter.costs(values)
+    assert abs(ratio(table) - values["keep"]) < 0.01
+    assert abs(ratio(chapter.costs({**values, "keep": 1.0})) - values["keep"]) > 0.4
+    without = chapter.costs({**values, "local_loss": False})
+    assert without.loc["SFPrompt", "client GFLOPs per round"] < 0.6 * table.loc["SFPrompt", "client GFLOPs per round"]
