@@ -12,10 +12,11 @@ from .scaffold import Scaffold
 from .robust_fedavg import RobustFedAvg
 from .server_opt import FedAdam, FedAvgM
 from .staleness_inversion import GradientInversion, StaleFedAvg
+from .sfprompt import PartialFedAvg, SFPrompt
 
 BASELINES = {"FedAvg": FedAvg, "FedProx": FedProx, "SCAFFOLD": Scaffold, "FedAvgM": FedAvgM, "FedAdam": FedAdam}
 
 __all__ = ["Algorithm", "Batches", "LocalContext", "RoundInfo", "FedAvg", "FedProx", "Scaffold", "FedAvgM",
            "FedAdam", "BASELINES", "FedLD", "FedLEx", "Exploration", "explore", "guidance_matrix", "FedSpeed",
            "FedAMD", "anchor_table", "FedStale", "FedVARP", "AsyncFedAvg", "FedBuff", "FedFix",
-           "GradientInversion", "StaleFedAvg", "RobustFedAvg"]
+           "GradientInversion", "StaleFedAvg", "RobustFedAvg", "SFPrompt", "PartialFedAvg"]
