@@ -27,6 +27,7 @@ from ..participation import Uniform
 from ..partition import pathological
 from ..protocol import LRS, SEEDS, claim_row, claims_table, default_score, validation_split
 from ..widgets import knob, standard_controls
+from . import grid_search
 
 DEFAULTS = {  # one class per client, the clients of one class delayed by tau rounds
     "dataset": "digits", "hidden": 32, "n_clients": 10, "local_steps": 5, "lr": 0.5, "seed": 0,
@@ -84,23 +85,13 @@ def run_one(values: Mapping, name: str, dataset: Dataset | None = None, progress
     return history.assign(seed=int(v["seed"]), lr=float(v["lr"]))
 
 
-def tune_lr(values: Mapping, name: str, lrs: Sequence[float] = LR_GRID, max_extensions: int = 2) -> pd.DataFrame:
-    """The protocol's tuning by hand: `name`'s score (`protocol.default_score`, validation accuracy over the last
-    fifth of `tune_rounds`) at every lr of the grid on the validation split of seed 0; a best lr at an edge
-    grows the grid by one geometric step, at most `max_extensions` times. One row per lr tried."""
+def tune_lr(values: Mapping, name: str, lrs: Sequence[float] = LR_GRID) -> pd.DataFrame:
+    """The protocol's tuning by hand (`grid_search`): `name`'s score (`protocol.default_score`, validation accuracy
+    over the last fifth of `tune_rounds`) at every lr of the grid, on the validation split of seed 0."""
     v = {**DEFAULTS, **values, "seed": 0, "rounds": int({**DEFAULTS, **values}["tune_rounds"])}
     validation = validation_split(load(v["dataset"]), seed=0)[1]
-    grid, scores = sorted(lrs), {}
-    for _ in range(max_extensions + 1):
-        for lr in grid:
-            if lr not in scores:
-                scores[lr] = default_score(run_one({**v, "lr": lr}, name, validation))
-        best = max(grid, key=lambda lr: (scores[lr], -lr))
-        if best not in (grid[0], grid[-1]):
-            break
-        grid.insert(*((0, grid[0] ** 2 / grid[1]) if best == grid[0] else (len(grid), grid[-1] ** 2 / grid[-2])))
-    return pd.DataFrame({"method": name, "lr": list(scores), "score": list(scores.values()),
-                         "chosen": [lr == best for lr in scores]})
+    table = grid_search(lambda lr: default_score(run_one({**v, "lr": lr}, name, validation)), lrs)
+    return table.rename(columns={"value": "lr"}).assign(method=name)
 
 
 def run(values: Mapping, progress: bool = True) -> pd.DataFrame:
