@@ -25,7 +25,7 @@ from ..history import per_seed_difference, rounds_to, window_mean
 from ..plots.staleness import weight_shares
 from ..protocol import SEEDS, claim_row, claims_table, validation_split
 from ..widgets import federation_from, knob, partition_from, standard_controls
-from . import grid_search
+from ..chapters import grid_search
 
 DEFAULTS = {  # 20 Dirichlet(0.3) clients on digits, Fraboni et al.'s F-80 devices
     "dataset": "digits", "model": "logistic", "partitioner": "dirichlet", "alpha": 0.3, "n_clients": 20,

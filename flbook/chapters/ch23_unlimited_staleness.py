@@ -27,7 +27,7 @@ from ..participation import Uniform
 from ..partition import pathological
 from ..protocol import LRS, SEEDS, claim_row, claims_table, default_score, validation_split
 from ..widgets import knob, standard_controls
-from . import grid_search
+from ..chapters import grid_search
 
 DEFAULTS = {  # one class per client, the clients of one class delayed by tau rounds
     "dataset": "digits", "hidden": 32, "n_clients": 10, "local_steps": 5, "lr": 0.5, "seed": 0,
