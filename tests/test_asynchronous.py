@@ -155,3 +155,19 @@ def test_plots_accept_a_run(fed):
     ax = plot_weight_shares(log, fed.client_sizes.numpy(), runner.devices.job_time(np.arange(M), K))
     assert len(ax.get_lines()) >= 2
     assert len(time_and_round_curves(history).axes) == 2
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_fedfix_unbiasedness_claim_needs_its_gap_weighting(broken, monkeypatch):
+    """Chapter 22's "FedFix's weights are unbiased" holds, and fails once the ceil(tau_i / dt) factor is dropped
+    (d_i = p_i), through the chapter's own runs and claims table on a tiny setting."""
+    from flbook.algorithms.fedfix import FedFix, data_share
+    from flbook.chapters import ch22_async_fedfix as chapter
+
+    if broken:
+        monkeypatch.setattr(FedFix, "aggregation_weights", lambda self, info: data_share(info).float())
+    values = {"n_clients": 6, "time_budget": 3.0, "local_steps": 2, "buffer_size": 2, "tune": False, "seeds": 3}
+    history = chapter.run(values, progress=False)
+    matched = chapter.run({**values, "match_steps": True}, progress=False)
+    table = chapter.claims(history, matched).set_index("claim")["verdict"]
+    assert (table.filter(like="FedFix's weights are unbiased").iloc[0] == "holds") != broken

@@ -155,3 +155,25 @@ def test_fedvarp_run_equals_fedstale_with_beta_one(digits_data, skewed):
 def test_bad_inputs_name_the_parameter(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_the_stale_memory_carries_fedvarps_gain(broken, monkeypatch):
+    """Chapter 21's "FedVARP beats FedAvg at alpha=0.1, gap 0.9" holds, and fails once the stale memory never
+    refreshes (h stays 0, so every beta is FedAvg), through the chapter's protocol run on a tiny setting."""
+    from flbook.algorithms import FedStale
+    from flbook.chapters import ch21_fedstale as chapter
+    from flbook.protocol import HOLDS, clear_cache, verdict
+
+    clear_cache()  # the cache keys a run by the method's fields, not by its code
+    if broken:
+        aggregate = FedStale.aggregate
+
+        def forgetful(self, x, server_state, messages, weights, info):
+            x, state = aggregate(self, x, server_state, messages, weights, info)
+            return x, {**state, "h": server_state["h"]}
+        monkeypatch.setattr(FedStale, "aggregate", forgetful)
+    history = chapter.experiment({**chapter.CARD, "rounds": 60}, settings=[chapter.BAND], betas=(0.0, 1.0),
+                                 controls_at=None)
+    clear_cache()
+    assert (verdict(chapter.stale_gain(history, *chapter.BAND), "less") == HOLDS) != broken

@@ -470,6 +470,8 @@ FEDZIP_ENCODERS = {"huffman": "dense", "address": "address", "gap": "gap"}  # en
 def fedzip(z: float = 0.1, clusters: int = 3, encoder: str = "huffman") -> Compressor:
     """FEDZIP: top-z sparsification (weights only), k-means with a zero centroid, then Huffman-coded symbols.
 
+    The zero centroid also absorbs the small survivors of top-z, so fewer than z of the entries may arrive
+    non-zero (on heavy-tailed updates far fewer: k-means alone zeroes most entries).
     encoder "huffman" codes every entry's symbol (the dropped zeros take the shortest codeword);
     "address" and "gap" send the positions of the non-zero entries and Huffman-code their symbols."""
     if encoder not in FEDZIP_ENCODERS:
