@@ -21,7 +21,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "flbook"
 LAYERS = {  # top-level module or subpackage -> layer
     **dict.fromkeys(("data", "partition", "models", "runtime", "participation", "devices", "clock", "history", "utils",
-                     "validation", "robust", "attacks", "topology"), 0),
+                     "validation", "robust", "attacks", "topology", "transformer"), 0),
     "algorithms": 1,
     **dict.fromkeys(("channel", "executors", "federation", "asynchronous", "decentralized", "split", "flower"), 2),
     **dict.fromkeys(("drift", "loss_decomposition", "admm", "protocol"), 3),
