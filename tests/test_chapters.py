@@ -33,6 +33,7 @@ TINY = {  # chapter -> control values that make its Run take a second or two
                         "algorithms": ("ADMM-FL", "NR-ADMM")},
     "ch32_communication_budget": {"n_clients": 4, "rounds": 2, "algorithms": ("FedAvg",), "compression": "qsgd",
                                   "level": 4},
+    "ch70_auglocal": {"n_layers": 4, "width": 16, "n_modules": 3, "depth": 2, "epochs": 1, "batch_size": 256},
 }
 
 
