@@ -29,6 +29,7 @@ from . import validation as V
 from .data import Dataset
 from .history import row, window_mean
 from .protocol import MIN_SEEDS, SEEDS, Comparison, Tuned, validation_split
+from .runtime import cpu_threads
 
 LRS: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # the Adam-scale grid every appendix method is tuned on
 
@@ -65,12 +66,19 @@ def seeded_init(seed: int, make: Callable[[], nn.Module]) -> nn.Module:
 
 
 def fit(build: Build, dataset: Dataset, *, seed: int, lr: float, epochs: int, batch_size: int = 64,
-        label: str = "", eval_every: int = 1, progress: bool = False) -> pd.DataFrame:
+        label: str = "", eval_every: int = 1, progress: bool = False, threads: int | None = 1) -> pd.DataFrame:
     """Train `build(dataset, seed, lr)` for `epochs` passes over shuffled minibatches; one history row per evaluation.
 
     `round` counts epochs (0: before training); `wall_time` sums the seconds spent in `step` only, so evaluation
     does not blur a speed comparison; the learner's `final` measures, if any, join the last row. A non-finite
-    training loss stops the run with a warning (`attrs["diverged_at"]` = epoch), keeping the rows so far."""
+    training loss stops the run with a warning (`attrs["diverged_at"]` = epoch), keeping the rows so far.
+    `threads` intra-op CPU threads (the appendix's models are tiny: more threads only add synchronisation)."""
+    with cpu_threads(threads):
+        return _fit(build, dataset, seed, lr, epochs, batch_size, label, eval_every, progress)
+
+
+def _fit(build: Build, dataset: Dataset, seed: int, lr: float, epochs: int, batch_size: int, label: str,
+         eval_every: int, progress: bool) -> pd.DataFrame:
     seed, epochs = V.seed(seed), V.integer("epochs", epochs, 1)
     batch_size, eval_every = V.integer("batch_size", batch_size, 1), V.integer("eval_every", eval_every, 1)
     lr = V.positive("lr", lr)

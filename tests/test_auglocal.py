@@ -53,3 +53,19 @@ def test_auxiliary_nets_are_fresh_copies_of_the_selected_layers():
 def test_linear_heads_are_greedy_local_learning():
     net = local_network(residual_mlp(12, 8, 6), nn.Linear(8, 3), 4, "linear", width=8, n_classes=3)
     assert all(isinstance(o.net, nn.Linear) for o in net.objectives) and len(net.blocks[-1]) == 3
+
+
+
+def test_deeper_auxiliary_nets_keep_early_layers_from_greediness():
+    """Chapter 70's claim at small scale: greedy linear heads make layer 0 more linearly separable (more greedy)
+    than AugLocal's auxiliary nets do; AugLocal without its copied layers (linear heads) loses the difference."""
+    from flbook.centralized import fit
+    from flbook.chapters.ch70_auglocal import build
+    from flbook.data import load
+    from flbook.protocol import verdict
+
+    data = load("digits")
+    first = {aux: [fit(build(6, 16, 6, aux, depth=3), data, seed=s, lr=1e-2, epochs=10, batch_size=128)
+                   .iloc[-1]["probe_0"] for s in range(3)] for aux in ("linear", "auglocal")}
+    assert verdict([a - b for a, b in zip(first["linear"], first["auglocal"])]) == "holds"
+    assert verdict([a - b for a, b in zip(first["linear"], first["linear"])]) == "does not hold"
