@@ -23,7 +23,7 @@ LAYERS = {  # top-level module or subpackage -> layer
     **dict.fromkeys(("data", "partition", "models", "runtime", "participation", "devices", "clock", "history", "utils",
                      "validation", "robust", "attacks", "topology", "transformer"), 0),
     "algorithms": 1,
-    **dict.fromkeys(("local_learning", "auglocal", "sharpness", "saf", "frugal"), 1),
+    **dict.fromkeys(("local_learning", "auglocal", "sharpness", "saf", "frugal", "feature_reconstruction"), 1),
     **dict.fromkeys(("channel", "executors", "federation", "asynchronous", "decentralized", "split", "flower"), 2),
     **dict.fromkeys(("drift", "loss_decomposition", "admm", "protocol"), 3),
     "centralized": 3,
