@@ -99,7 +99,7 @@ def _fit(build: Build, dataset: Dataset, seed: int, lr: float, epochs: int, batc
         seconds += time.perf_counter() - start
         if diverged is not None:
             warnings.warn(f"{label or 'run'} (seed {seed}, lr {lr:g}) diverged in epoch {epoch}: the training loss "
-                          f"is {loss}; its history stops there", RuntimeWarning, stacklevel=2)
+                          f"is {loss}; its history stops there", RuntimeWarning, stacklevel=3)
             break
         if epoch % eval_every == 0 or epoch == epochs:
             rows.append(row(label, epoch, learner.evaluate(dataset.x_test, dataset.y_test), 0, 0, seconds, **extra))

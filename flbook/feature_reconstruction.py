@@ -70,8 +70,8 @@ class ReconstructionObjective(LocalObjective):
         return loss
 
 
-def local_vit(vit: VisionTransformer, n_modules: int, target: str = "feature", *, lam1: tuple[float, float] = (1.0, 0.1),
-              lam2: tuple[float, float] = (0.1, 1.0)) -> ModuleWise:
+def local_vit(vit: VisionTransformer, n_modules: int, target: str = "feature", *,
+              lam1: tuple[float, float] = (1.0, 0.1), lam2: tuple[float, float] = (0.1, 1.0)) -> ModuleWise:
     """The ViT's blocks cut into `n_modules` gradient-isolated modules of equal depth (the patch embedding joins
     the first), each local module with a `ReconstructionObjective`; lambda1 and lambda2 move linearly across them."""
     depth = len(vit.blocks)

@@ -15,7 +15,6 @@ Non-projectable parameters (embeddings, norms, biases) always use AdamW.
 """
 from __future__ import annotations
 
-import math
 from typing import Iterable
 
 import torch
@@ -129,8 +128,3 @@ def projectable_matrices(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.
     chosen = {id(p) for p in matrices}
     return matrices, [p for p in model.parameters() if id(p) not in chosen]
 
-
-def state_floats_bound(model: nn.Module, rho: float) -> int:
-    """Adam-state floats FRUGAL budgets for `model` at density rho: 2 rho per projectable weight, 2 per other."""
-    matrices, others = projectable_matrices(model)
-    return 2 * math.ceil(rho * sum(p.numel() for p in matrices)) + 2 * sum(p.numel() for p in others)

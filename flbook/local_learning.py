@@ -92,7 +92,7 @@ class ModuleWise(nn.Module):
 
 
 class _SavedCounter(torch.autograd.graph.saved_tensors_hooks):
-    """Counts the floats of every distinct tensor autograd saves for backward, parameters (and views of them) excluded."""
+    """Counts the floats of every distinct tensor autograd saves for backward, weights (and their views) excluded."""
 
     def __init__(self, net: nn.Module):
         self.floats = 0
