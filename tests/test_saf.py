@@ -52,7 +52,7 @@ def test_the_trajectory_loss_vanishes_with_its_gradient_when_nothing_moved():
     z = torch.randn(5, 4, requires_grad=True)
     loss = trajectory_loss(z, z.detach().clone(), tau=5.0)
     loss.backward()
-    assert abs(float(loss)) < 1e-6 and z.grad.abs().max() < 1e-6
+    assert abs(float(loss.detach())) < 1e-6 and z.grad.abs().max() < 1e-6
     moved = trajectory_loss(z, z.detach() + torch.randn(5, 4), tau=5.0)
     assert moved > 0
 
@@ -133,7 +133,7 @@ def test_without_the_trajectory_loss_the_chapter_claim_fails():
     data = noisy_labels(load("digits"), 0.2)
 
     def accuracy(method: str, **values) -> list[float]:
-        return [fit(build(method, values), data, seed=s, lr=0.05, epochs=16, batch_size=64)["test_acc"].tail(3).mean()
+        return [fit(build(method, values), data, seed=s, lr=0.05, epochs=12, batch_size=64)["test_acc"].tail(3).mean()
                 for s in range(3)]
 
     sgd = accuracy("SGD")
