@@ -21,8 +21,8 @@ from ..plots import learning_curves
 from ..transformer import vit
 from ..widgets import chosen, knob, selection
 
-DEFAULTS: dict[str, object] = {"n_modules": 4, "lam1": 1.0, "lr": 3e-3, "epochs": 12, "batch_size": 128, "seeds": 1,
-                               "algorithms": ("E2E", "CE only", "image reconstruction", "feature reconstruction")}
+DEFAULTS: dict[str, object] = {"n_modules": 4, "lam1": 1.0, "lr": 3e-3, "epochs": 8, "batch_size": 128, "seeds": 1,
+                               "algorithms": ("E2E", "image reconstruction", "feature reconstruction")}
 METHODS = ("E2E", "CE only", "image reconstruction", "feature reconstruction")
 TARGET = {"CE only": "none", "image reconstruction": "image", "feature reconstruction": "feature"}
 

@@ -25,7 +25,7 @@ from ..validation import probability
 from ..widgets import chosen, knob, selection
 
 DEFAULTS: dict[str, object] = {"noise": 0.2, "lam": 1.0, "lookback": 5, "start": 3, "rho": 0.05, "mesa_decay": 0.99,
-                               "lr": 0.05, "epochs": 30, "batch_size": 64, "seeds": 1,
+                               "lr": 0.05, "epochs": 24, "batch_size": 64, "seeds": 1,
                                "algorithms": ("SGD", "SAM", "SAF", "MESA")}
 METHODS = ("SGD", "SAM", "SAF", "MESA")
 HIDDEN = (256, 256)
