@@ -34,6 +34,11 @@ TINY = {  # chapter -> control values that make its Run take a second or two
     "ch32_communication_budget": {"n_clients": 4, "rounds": 2, "algorithms": ("FedAvg",), "compression": "qsgd",
                                   "level": 4},
     "ch60_sfprompt": {"n_clients": 3, "rounds": 2, "algorithms": ("FL linear probe", "SFPrompt"), "prompts": 2},
+    "ch70_auglocal": {"n_layers": 4, "width": 16, "n_modules": 3, "depth": 2, "epochs": 1, "batch_size": 256},
+    "ch71_local_transformers": {"n_modules": 2, "epochs": 1, "batch_size": 256,
+                                "algorithms": ("E2E", "feature reconstruction")},
+    "ch72_frugal": {"epochs": 1, "batch_size": 64, "algorithms": ("AdamW", "FRUGAL"), "update_gap": 5},
+    "ch73_saf": {"epochs": 2, "start": 0, "lookback": 1, "batch_size": 128},
 }
 
 

@@ -23,9 +23,10 @@ LAYERS = {  # top-level module or subpackage -> layer
     **dict.fromkeys(("data", "partition", "models", "runtime", "participation", "devices", "clock", "history", "utils",
                      "validation", "robust", "attacks", "topology", "transformer", "pretrained"), 0),
     "algorithms": 1,
+    **dict.fromkeys(("local_learning", "auglocal", "sharpness", "saf", "frugal", "feature_reconstruction"), 1),
     **dict.fromkeys(("channel", "executors", "federation", "asynchronous", "decentralized", "split", "local_sgd"),
                     2),
-    **dict.fromkeys(("drift", "loss_decomposition", "admm", "protocol"), 3),
+    **dict.fromkeys(("drift", "loss_decomposition", "admm", "protocol", "centralized"), 3),
     **dict.fromkeys(("plots", "widgets"), 4),
     "chapters": 5,
     "bench": 6,  # a tool: it times the chapters' panels too
