@@ -353,3 +353,31 @@ def transfers(W: torch.Tensor) -> int:
 def gossip_bytes(W: torch.Tensor, n_params: int, steps: int = 1, dtype: torch.dtype = torch.float32) -> int:
     """Exact bytes of `steps` gossip steps with W: each edge carries the sender's full model, n_params elements."""
     return steps * transfers(W) * n_params * torch.empty((), dtype=dtype).element_size()
+
+
+# ------------------------------------------------------------------------------------------------ by name
+TOPOLOGIES = ("ring", "torus", "exponential", "one-peer exponential", "random regular", "complete")
+
+
+def graph_by_name(name: str, n: int, degree: int = 3, seed: int = 0) -> Graph:
+    """A static graph of `TOPOLOGIES` on n nodes: the torus as the most square rows x cols = n grid, the random
+    regular graph of `degree` (seeded); the one-peer exponential graph is drawn as its static union."""
+    if name not in TOPOLOGIES:
+        raise ValueError(f"topology must be one of {list(TOPOLOGIES)}, got {name!r}")
+    _at_least("n", n, 2)
+    if name == "torus":
+        rows = max(r for r in range(1, math.isqrt(n) + 1) if n % r == 0)
+        if rows < 2:
+            raise ValueError(f"a torus needs n = rows x cols with both >= 2; n={n} is prime, pick another n")
+        return torus(rows, n // rows)
+    makers = {"ring": ring, "exponential": exponential, "one-peer exponential": exponential, "complete": complete,
+              "random regular": lambda n: random_regular(n, degree, seed=seed)}
+    return makers[name](n)
+
+
+def mixing_by_name(name: str, n: int, degree: int = 3, seed: int = 0) -> torch.Tensor | TimeVarying:
+    """The mixing of `graph_by_name` with Metropolis-Hastings weights; the one-peer exponential schedule W(t)."""
+    if name == "one-peer exponential":
+        _at_least("n", n, 2)
+        return one_peer_exponential(n)
+    return metropolis_hastings(graph_by_name(name, n, degree, seed))

@@ -33,6 +33,7 @@ TINY = {  # chapter -> control values that make its Run take a second or two
                         "algorithms": ("ADMM-FL", "NR-ADMM")},
     "ch32_communication_budget": {"n_clients": 4, "rounds": 2, "algorithms": ("FedAvg",), "compression": "qsgd",
                                   "level": 4},
+    "ch50_decentralized": {"n_nodes": 4, "rounds": 2, "local_steps": 2},
 }
 
 
