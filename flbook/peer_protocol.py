@@ -15,13 +15,18 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
+from .algorithms import FedAvg
+from .algorithms.base import Algorithm
 from .data import Dataset
+from .decentralized import Decentralized
 from .federation import Federation
 from .history import per_seed_difference, window_mean
 from .models import make_model
 from .partition import partition
 from .protocol import LRS, SEEDS, validation_split
+from .topology import mixing_by_name
 
 Method = Callable[[Dataset, int, float, int], pd.DataFrame]  # (dataset, seed, lr, rounds) -> history
 
@@ -36,10 +41,12 @@ def last_fifth(column: str = "test_acc") -> Callable[[pd.DataFrame], float]:
 
 
 def run_seed(method: Method, dataset: Dataset, seed: int, lr: float, rounds: int, label: str) -> pd.DataFrame:
-    """One run, labelled, with its seed and learning rate as columns (attrs kept)."""
+    """One run, labelled, with its seed and learning rate as columns (attrs kept, a final `measure` as a column)."""
     history = method(dataset, seed, lr, rounds)
     attrs = dict(history.attrs)
     history = history.assign(algorithm=label, seed=seed, lr=lr)
+    if "measure" in attrs:  # a number measured on the final models, kept as a column through concatenation
+        history["measure"] = attrs["measure"]
     history.attrs = attrs
     return history
 
@@ -110,3 +117,25 @@ def node_federation(dataset: Dataset, n_nodes: int, *, alpha: float, seed: int, 
     model = make_model("mlp", dataset.input_shape, dataset.n_classes, hidden=hidden)
     return Federation(dataset, parts, model, local_steps=local_steps, batch_size=batch_size, lr=lr, seed=seed,
                       **settings)
+
+
+def gossip_method(topology: str, n_nodes: int, *, alpha: float, local_steps: int, algorithm: Callable[[], Algorithm]
+                  = FedAvg, degree: int = 3, gossip_steps: int = 1, availability: float = 1.0,
+                  eval_every: int = 5, measure: Callable[[Federation, torch.Tensor], float] | None = None) -> Method:
+    """`algorithm`'s local update, then Q gossip steps on a named graph (Metropolis-Hastings W), as a method
+    (dataset, seed, lr, rounds) -> history: FedAvg's local SGD is DFedAvg (D-PSGD with local_steps=1).
+
+    The random regular graph is drawn with the run's seed, like the partition. attrs["distances"] holds each
+    node's ||x_i - x_bar||^2 at the end, attrs["measure"] `measure(federation, X)` of the final models X (N, P)."""
+    def method(dataset: Dataset, seed: int, lr: float, rounds: int) -> pd.DataFrame:
+        fed = node_federation(dataset, n_nodes, alpha=alpha, seed=seed, lr=lr, local_steps=local_steps)
+        net = Decentralized(fed, mixing_by_name(topology, n_nodes, degree, seed), gossip_steps=gossip_steps,
+                            availability=availability)
+        history = net.run(algorithm(), rounds, eval_every=eval_every, progress=False, on_divergence="stop",
+                          label="run")
+        X = net.final_models["run"]  # (N, P)
+        history.attrs["distances"] = tuple((X - X.mean(0)).pow(2).sum(1).tolist())
+        if measure is not None:
+            history.attrs["measure"] = float(measure(fed, X))
+        return history
+    return method

@@ -16,32 +16,15 @@ from matplotlib.figure import Figure
 
 from ..algorithms import FedAvg
 from ..data import Dataset, load
-from ..decentralized import Decentralized
-from ..peer_protocol import Method, node_federation
+from ..peer_protocol import Method, gossip_method, node_federation
 from ..plots.topology import plot_graph
-from ..topology import TOPOLOGIES, graph_by_name, mixing_by_name
+from ..topology import TOPOLOGIES, graph_by_name
 from ..widgets import knob
 
 DEFAULTS: dict[str, object] = {"topology": "ring", "n_nodes": 16, "degree": 3, "gossip_steps": 1, "availability": 1.0,
                                "alpha": 0.1, "local_steps": 10, "lr": 0.1, "rounds": 40, "seed": 0}
 CURVES = (("test_acc", "accuracy of the averaged model"), ("local_acc", "mean accuracy of the node models"),
           ("consensus_distance", "consensus distance (1/N) Σ‖x_i − x̄‖²"))
-
-
-def gossip_method(topology: str, n_nodes: int, *, alpha: float, local_steps: int, degree: int = 3,
-                  gossip_steps: int = 1, availability: float = 1.0, eval_every: int = 5) -> Method:
-    """DFedAvg on a named graph as a protocol method (dataset, seed, lr, rounds) -> history; K = 1 is D-PSGD.
-
-    The random regular graph is drawn with the run's seed, like the partition."""
-    def method(dataset: Dataset, seed: int, lr: float, rounds: int) -> pd.DataFrame:
-        fed = node_federation(dataset, n_nodes, alpha=alpha, seed=seed, lr=lr, local_steps=local_steps)
-        net = Decentralized(fed, mixing_by_name(topology, n_nodes, degree, seed), gossip_steps=gossip_steps,
-                            availability=availability)
-        history = net.run(FedAvg(), rounds, eval_every=eval_every, progress=False, on_divergence="stop")
-        X = net.final_models[str(FedAvg())]  # (N, P)
-        history.attrs["distances"] = tuple((X - X.mean(0)).pow(2).sum(1).tolist())  # ||x_i - x_bar||^2, the colours
-        return history
-    return method
 
 
 def server_method(n_nodes: int, *, alpha: float, local_steps: int, participation: float = 1.0,
