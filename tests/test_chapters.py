@@ -34,6 +34,7 @@ TINY = {  # chapter -> control values that make its Run take a second or two
     "ch32_communication_budget": {"n_clients": 4, "rounds": 2, "algorithms": ("FedAvg",), "compression": "qsgd",
                                   "level": 4},
     "ch50_decentralized": {"n_nodes": 4, "rounds": 2, "local_steps": 2},
+    "ch51_dfedsam": {"n_nodes": 4, "rounds": 2, "local_steps": 2, "gossip_steps": 2},
 }
 
 

@@ -6,6 +6,7 @@ node models' mean accuracy and the consensus distance.
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Mapping
 
@@ -18,6 +19,7 @@ from ..algorithms import DFedSAM, FedAvg
 from ..data import load
 from ..federation import Federation
 from ..peer_protocol import Method, gossip_method
+from ..runtime import cpu_threads
 from ..topology import TOPOLOGIES, graph_by_name
 from ..widgets import knob
 
@@ -89,10 +91,12 @@ def controls(**overrides: object) -> dict:
 def sharpness(fed: Federation, X: torch.Tensor, rho: float = 0.05) -> float:
     """SAM's sharpness of the node models, mean over nodes of F_i(x_i + rho g/||g||) - F_i(x_i), g = grad F_i(x_i),
     each on its node's own training data: how much the loss rises at the worst nearby point (first order)."""
-    ctx = fed.context(FedAvg())
+    ctx = dataclasses.replace(fed.context(FedAvg()), eager=True)  # plain autograd: no vmap here
     rises = []
-    for i, ids in enumerate(fed.partition):
-        xb, yb = fed.x_train[torch.as_tensor(ids)], fed.y_train[torch.as_tensor(ids)]
-        g = ctx.grad(X[i], xb, yb)  # (P,)
-        rises.append((ctx.loss(X[i] + rho * g / g.norm().clamp_min(1e-12), xb, yb) - ctx.loss(X[i], xb, yb)).item())
+    with cpu_threads(fed.thread_count()):
+        for i, ids in enumerate(fed.partition):
+            xb, yb = fed.x_train[torch.as_tensor(ids)], fed.y_train[torch.as_tensor(ids)]
+            g = ctx.grad(X[i], xb, yb)  # (P,)
+            up = ctx.loss(X[i] + rho * g / g.norm().clamp_min(1e-12), xb, yb)  # F_i at the worst nearby point
+            rises.append((up - ctx.loss(X[i], xb, yb)).item())
     return float(sum(rises) / len(rises))
