@@ -26,6 +26,7 @@ LAYERS = {  # top-level module or subpackage -> layer
     **dict.fromkeys(("channel", "executors", "federation", "asynchronous", "decentralized", "split", "flower"), 2),
     **dict.fromkeys(("drift", "loss_decomposition", "admm", "protocol"), 3),
     "peer_protocol": 3,
+    "modest": 2,
     **dict.fromkeys(("plots", "widgets"), 4),
     "chapters": 5,
     "bench": 6,  # a tool: it times the chapters' panels too
