@@ -74,7 +74,8 @@ def _fill(ping):
     from flbook.chapters import ch52_modest
     from flbook.data import load
 
-    values = {**ch52_modest.DEFAULTS, "n_nodes": 20, "sample_size": 5, "crash_round": 3, "rejoin_round": 8}
+    values = {**ch52_modest.DEFAULTS, "n_nodes": 20, "sample_size": 5, "crash_round": 3, "rejoin_round": 8,
+              "crash_fraction": 0.6}  # 8 of 20 survive: enough to fill a sample of 5
     fills = []
     for seed in (0, 1, 2):
         protocol = MoDeST(5, churn=ch52_modest.churn_from({**values, "seed": seed}), ping=ping)
