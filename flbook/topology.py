@@ -381,3 +381,46 @@ def mixing_by_name(name: str, n: int, degree: int = 3, seed: int = 0) -> torch.T
         _at_least("n", n, 2)
         return one_peer_exponential(n)
     return metropolis_hastings(graph_by_name(name, n, degree, seed))
+
+
+# ------------------------------------------------------------------- random gossip with a schedule (Zhu et al.)
+SCHEDULES = ("fixed", "truncate", "truncate_v2")
+
+
+def random_gossip(n: int, r: float, rng: np.random.Generator) -> torch.Tensor:
+    """Row-stochastic W of one round: node i averages itself and floor(r) random others, plus one more with
+    probability frac(r), uniformly (w_ij = 1/|N_i|; not symmetric). r = 0 is W = I; r = n - 1 the exact average."""
+    if not 0 <= r <= n - 1:
+        raise ValueError(f"r (expected extra neighbours) must be in [0, {n - 1}], got {r}")
+    count = np.floor(r) + (rng.random(n) < r - np.floor(r))  # (N,) extra neighbours of each node
+    keys = rng.random((n, n))
+    keys[np.diag_indices(n)] = np.inf  # never pick yourself as a neighbour
+    picked = np.argsort(keys, axis=1).argsort(axis=1) < count[:, None]  # (N, N) the `count` smallest keys per row
+    A = picked | np.eye(n, dtype=bool)
+    return torch.from_numpy(A / A.sum(1, keepdims=True))
+
+
+def communication_rate(schedule: str, progress: float, r_start: float, r_end: float, point: float = 1.0,
+                       window: float = 0.0) -> float:
+    """r at training progress p in [0, 1]: "fixed" r_start; "truncate" r_end from p >= point on (one switch);
+    "truncate_v2" r_end inside the dense window [point, point + window), r_start outside."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    if schedule == "truncate":
+        return r_end if progress >= point else r_start
+    if schedule == "truncate_v2":
+        return r_end if point <= progress < point + window else r_start
+    return r_start
+
+
+def scheduled_gossip(n: int, rounds: int, schedule: str, r_start: float, r_end: float | None = None,
+                     point: float = 1.0, window: float = 0.0, seed: int = 0) -> TimeVarying:
+    """W(t) = random_gossip(n, r(t)) with r(t) = communication_rate at progress p = t / rounds (seeded per round)."""
+    _at_least("rounds", rounds, 1)
+    r_end = n - 1 if r_end is None else r_end
+
+    def mixing(t: int) -> torch.Tensor:
+        r = communication_rate(schedule, t / rounds, r_start, r_end, point, window)
+        return random_gossip(n, r, np.random.default_rng([seed, t]))
+
+    return TimeVarying(f"random gossip ({schedule}, r={r_start:g}->{r_end:g})", n, mixing)

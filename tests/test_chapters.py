@@ -37,6 +37,7 @@ TINY = {  # chapter -> control values that make its Run take a second or two
     "ch51_dfedsam": {"n_nodes": 4, "rounds": 2, "local_steps": 2, "gossip_steps": 2},
     "ch52_modest": {"n_nodes": 8, "sample_size": 4, "rounds": 4, "crash_round": 2, "rejoin_round": 3,
                     "local_steps": 2},
+    "ch53_single_merge": {"n_nodes": 4, "rounds": 3, "local_steps": 2},
 }
 
 
