@@ -54,7 +54,7 @@ def dpsgd_method(n_nodes: int, churn: Churn, *, alpha: float, local_steps: int, 
     averages with one peer per round; links to crashed nodes are lost."""
     def method(dataset: Dataset, seed: int, lr: float, rounds: int) -> pd.DataFrame:
         fed = _task(dataset, n_nodes, alpha, seed, lr, local_steps)
-        net = Decentralized(fed, one_peer_exponential(n_nodes), availability=churn, eval_nodes=10)
+        net = Decentralized(fed, one_peer_exponential(n_nodes), availability=churn, eval_nodes=min(10, n_nodes))
         return net.run(FedAvg(), rounds, eval_every=eval_every, progress=False, on_divergence="stop")
     return method
 
