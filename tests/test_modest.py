@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from flbook import Federation, make_model
 from flbook.algorithms import FedAvg
