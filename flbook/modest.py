@@ -152,7 +152,8 @@ class MoDeST:
             progress: bool = False, on_divergence: str = "raise", label: str = "MoDeST") -> pd.DataFrame:
         """Train `algorithm`'s local update under MoDeST's sampling on the federation's nodes; the history has
         test_acc/test_loss of the current model, transfers (models sent, cumulative), bytes_sent, pings,
-        aggregated (models averaged in the last round), models (averaged so far), lost_rounds and timeouts (cumulative)."""
+        aggregated (models averaged in the last round), models (averaged so far), lost_rounds and timeouts
+        (cumulative)."""
         rounds, eval_every, label = check_run(rounds, eval_every, on_divergence, label, label)
         n, device = fed.n_clients, fed.device
         view = View(np.zeros(n, dtype=np.int64), self.inactivity)

@@ -2,7 +2,8 @@
 
 The panel runs, on one seed, the communication schedules of Zhu et al.: constant sparse gossip, no
 communication, the complete graph every round, and a dense window early or late (each with its final merge,
-the average of the node models), and plots the node models' mean accuracy, the merged model's accuracy and the consensus distance.
+the average of the node models), and plots the node models' mean accuracy, the merged model's accuracy and
+the consensus distance.
 """
 from __future__ import annotations
 
