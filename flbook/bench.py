@@ -57,8 +57,10 @@ from .data import Dataset, mnist1d
 from .models import FlatModel
 from .runtime import cpu_threads, resolve_device
 from .executors import BatchedExecutor, LoopExecutor
+from .decentralized import Decentralized
 from .federation import Federation
 from .partition import iid
+from .topology import metropolis_hastings, ring
 
 LOCAL_STEPS, BATCH = 5, 32
 COHORTS = {"logistic": (10, 100, 1000), "mlp": (10, 100, 1000), "cnn": (10, 100, 500)}
@@ -274,6 +276,24 @@ def notebook_latency(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def gossip_round(device: torch.device, n_nodes: int = 1000, repeats: int = 3) -> pd.DataFrame:
+    """One decentralized round (K local steps on every node, then Q = 1 gossip step on a ring, CSR on the CPU)
+    against one FedAvg round of the same nodes as clients, digits-shaped MLP 64-200-200-10; medians, one run."""
+    n = n_nodes * LOCAL_STEPS * BATCH
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 64, generator=g), torch.randint(0, 10, (n,), generator=g)
+    data = Dataset("random-digits", x, y, x[:256], y[:256], 10, (64,)).to(device)
+    fed = Federation(data, iid(y.numpy(), n_nodes, seed=0), "mlp", local_steps=LOCAL_STEPS, batch_size=BATCH,
+                     device=device)
+    net = Decentralized(fed, metropolis_hastings(ring(n_nodes)))
+    server, network = fed.start(FedAvg()), net.start(FedAvg())
+    with cpu_threads(fed.thread_count()):
+        fedavg_s, _ = _median_time(lambda: fed.train_round(server), device, repeats)
+        gossip_s, _ = _median_time(lambda: net.train_round(network), device, repeats)
+    return pd.DataFrame([{"nodes": n_nodes, "params": fed.model.n_params, "fedavg_round_s": fedavg_s,
+                          "gossip_round_s": gossip_s, "gossip/fedavg": gossip_s / fedavg_s}])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: FLBOOK_DEVICE or auto)")
@@ -287,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also FLOPs per round and the fraction of the measured torch.mm rate reached")
     parser.add_argument("--peak-size", type=int, default=1024, help="side of the square matrices timed for --limit")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--gossip", action="store_true",
+                        help="only a gossip round of 1000 nodes (ring, Q=1) against a 1000-client FedAvg round")
     parser.add_argument("--reader", action="store_true",
                         help="only what a reader waits for: each panel's Run to its figure, each notebook's run")
     parser.add_argument("--notebooks", default=str(Path(__file__).resolve().parents[1] / "notebooks"),
@@ -312,6 +334,11 @@ def main(argv: list[str] | None = None) -> None:
         print(_format(panel_latency(), args.markdown))
         print("\n# Notebooks: a fresh kernel runs every cell (CPU)")
         print(_format(notebook_latency(Path(args.notebooks)), args.markdown))
+        return
+    if args.gossip:
+        print(f"# Decentralized round vs FedAvg round on {machine(device)}, K={LOCAL_STEPS}, batch {BATCH}, "
+              f"median of {args.repeats}")
+        print(_format(gossip_round(device, repeats=args.repeats), args.markdown))
         return
     threads = args.threads if args.threads == "auto" else int(args.threads)
     repeats = 2 if args.quick else args.repeats

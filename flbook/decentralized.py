@@ -95,7 +95,8 @@ class Decentralized:
     """A decentralized task: the federation's nodes (data, model, local settings) on a mixing schedule W(t)."""
 
     def __init__(self, federation: Federation, mixing: torch.Tensor | TimeVarying, *, mixer: Mixer | None = None,
-                 gossip_steps: int = 1, availability: float | Participation = 1.0, eval_nodes: int | None = None):
+                 gossip_steps: int = 1, availability: float | Participation = 1.0, eval_nodes: int | None = None,
+                 shared_init: bool = True):
         self.fed = federation
         self.schedule = as_schedule(mixing)
         if self.schedule.n != federation.n_clients:
@@ -112,15 +113,19 @@ class Decentralized:
         count = federation.n_clients if eval_nodes is None else eval_nodes
         self.eval_ids = np.unique(np.linspace(0, federation.n_clients - 1, count).round().astype(int))
         self.final_models: dict[str, torch.Tensor] = {}  # label -> (N, P) node models after its last run
+        self.shared_init = shared_init  # False: node i starts from its own x_i^0 (model init seeded seed + 1 + i)
 
     def start(self, algorithm: Algorithm) -> NetworkState:
-        """Round 0: every node holds the federation's x^0 and the algorithm's initial state."""
+        """Round 0: every node holds the federation's x^0 (or its own, without a shared init) and the algorithm's
+        initial state."""
         fed = self.fed
         x = fed.initial_model()
+        X = (x.expand(fed.n_clients, -1).clone() if self.shared_init else  # (N, P)
+             torch.stack([fed.model.init(fed.seed + 1 + i, fed.device) for i in range(fed.n_clients)]))
         state = {k: v.expand(fed.n_clients, *v.shape).clone() for k, v in algorithm.init_client_state(x).items()}
         return NetworkState(algorithm, fed.executor_for(algorithm),
                             fed.context(algorithm),
-                            x.expand(fed.n_clients, -1).clone(), state, np.random.default_rng(fed.seed),
+                            X, state, np.random.default_rng(fed.seed),
                             torch.Generator(device=fed.device).manual_seed(fed.seed), active=fed.n_clients)
 
     def train_round(self, state: NetworkState) -> None:

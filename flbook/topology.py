@@ -353,3 +353,74 @@ def transfers(W: torch.Tensor) -> int:
 def gossip_bytes(W: torch.Tensor, n_params: int, steps: int = 1, dtype: torch.dtype = torch.float32) -> int:
     """Exact bytes of `steps` gossip steps with W: each edge carries the sender's full model, n_params elements."""
     return steps * transfers(W) * n_params * torch.empty((), dtype=dtype).element_size()
+
+
+# ------------------------------------------------------------------------------------------------ by name
+TOPOLOGIES = ("ring", "torus", "exponential", "one-peer exponential", "random regular", "complete")
+
+
+def graph_by_name(name: str, n: int, degree: int = 3, seed: int = 0) -> Graph:
+    """A static graph of `TOPOLOGIES` on n nodes: the torus as the most square rows x cols = n grid, the random
+    regular graph of `degree` (seeded); the one-peer exponential graph is drawn as its static union."""
+    if name not in TOPOLOGIES:
+        raise ValueError(f"topology must be one of {list(TOPOLOGIES)}, got {name!r}")
+    _at_least("n", n, 2)
+    if name == "torus":
+        rows = max(r for r in range(1, math.isqrt(n) + 1) if n % r == 0)
+        if rows < 2:
+            raise ValueError(f"a torus needs n = rows x cols with both >= 2; n={n} is prime, pick another n")
+        return torus(rows, n // rows)
+    makers = {"ring": ring, "exponential": exponential, "one-peer exponential": exponential, "complete": complete,
+              "random regular": lambda n: random_regular(n, degree, seed=seed)}
+    return makers[name](n)
+
+
+def mixing_by_name(name: str, n: int, degree: int = 3, seed: int = 0) -> torch.Tensor | TimeVarying:
+    """The mixing of `graph_by_name` with Metropolis-Hastings weights; the one-peer exponential schedule W(t)."""
+    if name == "one-peer exponential":
+        _at_least("n", n, 2)
+        return one_peer_exponential(n)
+    return metropolis_hastings(graph_by_name(name, n, degree, seed))
+
+
+# ------------------------------------------------------------------- random gossip with a schedule (Zhu et al.)
+SCHEDULES = ("fixed", "truncate", "truncate_v2")
+
+
+def random_gossip(n: int, r: float, rng: np.random.Generator) -> torch.Tensor:
+    """Row-stochastic W of one round: node i averages itself and floor(r) random others, plus one more with
+    probability frac(r), uniformly (w_ij = 1/|N_i|; not symmetric). r = 0 is W = I; r = n - 1 the exact average."""
+    if not 0 <= r <= n - 1:
+        raise ValueError(f"r (expected extra neighbours) must be in [0, {n - 1}], got {r}")
+    count = np.floor(r) + (rng.random(n) < r - np.floor(r))  # (N,) extra neighbours of each node
+    keys = rng.random((n, n))
+    keys[np.diag_indices(n)] = np.inf  # never pick yourself as a neighbour
+    picked = np.argsort(keys, axis=1).argsort(axis=1) < count[:, None]  # (N, N) the `count` smallest keys per row
+    A = picked | np.eye(n, dtype=bool)
+    return torch.from_numpy(A / A.sum(1, keepdims=True))
+
+
+def communication_rate(schedule: str, progress: float, r_start: float, r_end: float, point: float = 1.0,
+                       window: float = 0.0) -> float:
+    """r at training progress p in [0, 1]: "fixed" r_start; "truncate" r_end from p >= point on (one switch);
+    "truncate_v2" r_end inside the dense window [point, point + window), r_start outside."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    if schedule == "truncate":
+        return r_end if progress >= point else r_start
+    if schedule == "truncate_v2":
+        return r_end if point <= progress < point + window else r_start
+    return r_start
+
+
+def scheduled_gossip(n: int, rounds: int, schedule: str, r_start: float, r_end: float | None = None,
+                     point: float = 1.0, window: float = 0.0, seed: int = 0) -> TimeVarying:
+    """W(t) = random_gossip(n, r(t)) with r(t) = communication_rate at progress p = t / rounds (seeded per round)."""
+    _at_least("rounds", rounds, 1)
+    r_end = n - 1 if r_end is None else r_end
+
+    def mixing(t: int) -> torch.Tensor:
+        r = communication_rate(schedule, t / rounds, r_start, r_end, point, window)
+        return random_gossip(n, r, np.random.default_rng([seed, t]))
+
+    return TimeVarying(f"random gossip ({schedule}, r={r_start:g}->{r_end:g})", n, mixing)

@@ -52,3 +52,13 @@ def test_panel_latency_times_every_panel():
     assert list(table["panel"]) == ["quick"] and (table["seconds_to_figure"] >= 0).all() and table["error"][0] == ""
     assert set(bench.reader_panels()) == {"foundations (00-02)"} | {m.name for m in pkgutil.iter_modules(chapters.__path__)}
     plt.close("all")
+
+
+def test_gossip_round_section_times_both_rounds():
+    import torch
+
+    from flbook.bench import gossip_round
+
+    table = gossip_round(torch.device("cpu"), n_nodes=6, repeats=1)
+    assert list(table.columns) == ["nodes", "params", "fedavg_round_s", "gossip_round_s", "gossip/fedavg"]
+    assert table.loc[0, "nodes"] == 6 and table.loc[0, "gossip/fedavg"] > 0

@@ -39,6 +39,11 @@ TINY = {  # chapter -> control values that make its Run take a second or two
                                 "algorithms": ("E2E", "feature reconstruction")},
     "ch72_frugal": {"epochs": 1, "batch_size": 64, "algorithms": ("AdamW", "FRUGAL"), "update_gap": 5},
     "ch73_saf": {"epochs": 2, "start": 0, "lookback": 1, "batch_size": 128},
+    "ch50_decentralized": {"n_nodes": 4, "rounds": 2, "local_steps": 2},
+    "ch51_dfedsam": {"n_nodes": 4, "rounds": 2, "local_steps": 2, "gossip_steps": 2},
+    "ch52_modest": {"n_nodes": 8, "sample_size": 4, "rounds": 4, "crash_round": 2, "rejoin_round": 3,
+                    "local_steps": 2},
+    "ch53_single_merge": {"n_nodes": 4, "rounds": 3, "local_steps": 2},
 }
 
 

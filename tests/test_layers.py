@@ -24,9 +24,9 @@ LAYERS = {  # top-level module or subpackage -> layer
                      "validation", "robust", "attacks", "topology", "transformer", "pretrained"), 0),
     "algorithms": 1,
     **dict.fromkeys(("local_learning", "auglocal", "sharpness", "saf", "frugal", "feature_reconstruction"), 1),
-    **dict.fromkeys(("channel", "executors", "federation", "asynchronous", "decentralized", "split", "local_sgd"),
-                    2),
-    **dict.fromkeys(("drift", "loss_decomposition", "admm", "protocol", "centralized"), 3),
+    **dict.fromkeys(("channel", "executors", "federation", "asynchronous", "decentralized", "split", "local_sgd",
+                     "modest"), 2),
+    **dict.fromkeys(("drift", "loss_decomposition", "admm", "protocol", "centralized", "peer_protocol"), 3),
     **dict.fromkeys(("plots", "widgets"), 4),
     "chapters": 5,
     "bench": 6,  # a tool: it times the chapters' panels too

@@ -2,6 +2,7 @@
 from .base import Algorithm, Batches, LocalContext, RoundInfo
 from .fedamd import FedAMD, anchor_table
 from .fedavg import FedAvg
+from .dfedsam import DFedSAM
 from .fedfix import AsyncFedAvg, FedBuff, FedFix
 from .fedld import FedLD
 from .fedlex import Exploration, FedLEx, explore, guidance_matrix
@@ -19,4 +20,4 @@ BASELINES = {"FedAvg": FedAvg, "FedProx": FedProx, "SCAFFOLD": Scaffold, "FedAvg
 __all__ = ["Algorithm", "Batches", "LocalContext", "RoundInfo", "FedAvg", "FedProx", "Scaffold", "FedAvgM",
            "FedAdam", "BASELINES", "FedLD", "FedLEx", "Exploration", "explore", "guidance_matrix", "FedSpeed",
            "FedAMD", "anchor_table", "FedStale", "FedVARP", "AsyncFedAvg", "FedBuff", "FedFix",
-           "GradientInversion", "StaleFedAvg", "RobustFedAvg", "SFPrompt", "PartialFedAvg"]
+           "GradientInversion", "StaleFedAvg", "RobustFedAvg", "SFPrompt", "PartialFedAvg", "DFedSAM"]
