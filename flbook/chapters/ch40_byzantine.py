@@ -10,6 +10,7 @@ chosen rule, and NNM + the rule, all on the same federation.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Mapping, Sequence
 
 import pandas as pd
@@ -71,14 +72,19 @@ def accuracy(history: pd.DataFrame, n_classes: int = 10) -> float:
     return window_mean(history, "test_acc", last=LAST).mean
 
 
-def tuned_lrs(rules: Sequence[tuple[str, bool]], f: int, *, dataset: Dataset, rounds: int, n_clients: int,
-              alpha: float, local_steps: int, lrs: Sequence[float] = protocol.LRS) -> dict[str, float]:
-    """Every rule's local learning rate, tuned alike by `protocol.tune` on a validation split of the honest task."""
+def tune_rules(rules: Sequence[tuple[str, bool]], f: int, *, dataset: Dataset, rounds: int, n_clients: int,
+               alpha: float, local_steps: int, lrs: Sequence[float] = (0.1, 0.3, 1.0),
+               max_extensions: int = 0) -> dict[str, protocol.Tuned]:
+    """Every rule's local learning rate, tuned alike by `protocol.tune` on a validation split of the honest task
+    (the same grid for every rule; an optimum at the grid's top edge is recorded, not chased)."""
     def make(data: Dataset, seed: int, lr: float) -> Federation:
         return make_federation(data, seed, lr, n_clients=n_clients, alpha=alpha, local_steps=local_steps)
 
-    return {label(r, n): protocol.tune(dataset, make, lambda r=r, n=n: defence(r, f, n), rounds=rounds, lrs=lrs,
-                                       server_lrs=None, name=label(r, n)).lr for r, n in rules}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "still at the edge": kept in Tuned.at_edge
+        return {label(r, n): protocol.tune(dataset, make, lambda r=r, n=n: defence(r, f, n), rounds=rounds, lrs=lrs,
+                                           server_lrs=None, name=label(r, n), max_extensions=max_extensions)
+                for r, n in rules}
 
 
 def grid(rules: Sequence[tuple[str, bool]], attacks: Sequence[str], fs: Sequence[int], alphas: Sequence[float], *,
