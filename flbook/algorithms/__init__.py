@@ -10,6 +10,7 @@ from .fedspeed import FedSpeed
 from .fedstale import FedStale, FedVARP
 from .scaffold import Scaffold
 from .robust_fedavg import RobustFedAvg
+from .monna import MomentumSGD, NNAMixer
 from .server_opt import FedAdam, FedAvgM
 from .staleness_inversion import GradientInversion, StaleFedAvg
 
@@ -18,4 +19,5 @@ BASELINES = {"FedAvg": FedAvg, "FedProx": FedProx, "SCAFFOLD": Scaffold, "FedAvg
 __all__ = ["Algorithm", "Batches", "LocalContext", "RoundInfo", "FedAvg", "FedProx", "Scaffold", "FedAvgM",
            "FedAdam", "BASELINES", "FedLD", "FedLEx", "Exploration", "explore", "guidance_matrix", "FedSpeed",
            "FedAMD", "anchor_table", "FedStale", "FedVARP", "AsyncFedAvg", "FedBuff", "FedFix",
-           "GradientInversion", "StaleFedAvg", "RobustFedAvg"]
+           "GradientInversion", "StaleFedAvg", "RobustFedAvg",
+           "MomentumSGD", "NNAMixer"]
