@@ -34,6 +34,7 @@ TINY = {  # chapter -> control values that make its Run take a second or two
     "ch32_communication_budget": {"n_clients": 4, "rounds": 2, "algorithms": ("FedAvg",), "compression": "qsgd",
                                   "level": 4},
     "ch40_byzantine": {"n_clients": 6, "f": 1, "rounds": 2, "attack": "FOE (line search)", "rule": "krum"},
+    "ch41_monna": {"n_nodes": 7, "f": 2, "steps": 10, "attack": "alie"},
 }
 
 
