@@ -11,6 +11,7 @@ from .fedstale import FedStale, FedVARP
 from .scaffold import Scaffold
 from .robust_fedavg import RobustFedAvg
 from .monna import MomentumSGD, NNAMixer
+from .fal import FAL
 from .server_opt import FedAdam, FedAvgM
 from .staleness_inversion import GradientInversion, StaleFedAvg
 
@@ -20,4 +21,4 @@ __all__ = ["Algorithm", "Batches", "LocalContext", "RoundInfo", "FedAvg", "FedPr
            "FedAdam", "BASELINES", "FedLD", "FedLEx", "Exploration", "explore", "guidance_matrix", "FedSpeed",
            "FedAMD", "anchor_table", "FedStale", "FedVARP", "AsyncFedAvg", "FedBuff", "FedFix",
            "GradientInversion", "StaleFedAvg", "RobustFedAvg",
-           "MomentumSGD", "NNAMixer"]
+           "MomentumSGD", "NNAMixer", "FAL"]
