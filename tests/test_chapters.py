@@ -35,6 +35,7 @@ TINY = {  # chapter -> control values that make its Run take a second or two
                                   "level": 4},
     "ch40_byzantine": {"n_clients": 6, "f": 1, "rounds": 2, "attack": "FOE (line search)", "rule": "krum"},
     "ch41_monna": {"n_nodes": 7, "f": 2, "steps": 10, "attack": "alie"},
+    "ch42_fal": {"n_clients": 3, "rounds": 2, "pgd_steps": 2, "local_steps": 2},
 }
 
 
