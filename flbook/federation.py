@@ -114,7 +114,7 @@ class RunState:
     generator: torch.Generator
     adversary: Adversary | None = None
     byzantine: torch.Tensor | None = None  # (f,) ids of the Byzantine clients, when there is an adversary
-    y_train: torch.Tensor | None = None  # (n,) the labels clients train on: flipped on Byzantine shards by label flipping
+    y_train: torch.Tensor | None = None  # (n,) the labels clients train on (label flipping: Byzantine shards flipped)
     round: int = 0
     bits_up: int = 0
     bits_down: int = 0
@@ -391,7 +391,7 @@ class Federation:
         (C - 1) - y (`attacks.flip_labels`); otherwise the dataset's labels (the same tensor, not a copy)."""
         if adversary is None or not adversary.attack.poisons_data or len(byzantine) == 0:
             return self.y_train
-        owner = torch.repeat_interleave(torch.arange(self.n_clients, device=self.device), self.client_sizes)  # (n_held,)
+        owner = torch.repeat_interleave(torch.arange(self.n_clients, device=self.device), self.client_sizes)  # (n,)
         owned = self._order[torch.isin(owner, byzantine)]  # the sample ids the Byzantine clients hold
         y = self.y_train.clone()
         y[owned] = flip_labels(y[owned], self.dataset.n_classes)  # (n,)
