@@ -148,12 +148,14 @@ ATTACKS: dict[str, Callable[..., Tensor]] = {
     "sign_flipping": sign_flipping, "foe": fall_of_empires, "alie": a_little_is_enough, "mimic": mimic,
     "gaussian": gaussian, "inf": inf}
 SEARCHED = {"alie": alie_vector, "foe": foe_vector}  # the attacks whose scale a line search can pick
+DATA_POISONING = ("label_flipping",)  # attacks on the Byzantine clients' training data: their messages go as trained
 
 
 @dataclass(frozen=True)
 class Attack:
-    """A model-poisoning attack by name with its options, e.g. Attack("alie", {"z": 1.0}) or, line-searched
-    against the rule in use, Attack("foe", rule=RobustRule("trimmed_mean", f=2))."""
+    """An attack by name with its options, e.g. Attack("alie", {"z": 1.0}) or, line-searched against the rule in
+    use, Attack("foe", rule=RobustRule("trimmed_mean", f=2)); Attack("label_flipping") poisons the Byzantine
+    clients' data instead (they train on `flip_labels` of their labels and send what they trained)."""
 
     name: str = "sign_flipping"
     options: dict = field(default_factory=dict)
@@ -161,13 +163,21 @@ class Attack:
     scales: tuple[float, ...] = SCALES
 
     def __post_init__(self) -> None:
-        if self.name not in ATTACKS:
-            raise ValueError(f"attack must be one of {sorted(ATTACKS)}, got {self.name!r}")
+        if self.name not in ATTACKS and self.name not in DATA_POISONING:
+            raise ValueError(f"attack must be one of {sorted([*ATTACKS, *DATA_POISONING])}, got {self.name!r}")
         if self.rule is not None and self.name not in SEARCHED:
             raise ValueError(f"a line search (rule=...) needs an attack in {sorted(SEARCHED)}, got {self.name!r}")
 
+    @property
+    def poisons_data(self) -> bool:
+        """True for data poisoning (label flipping): the attack changes what Byzantine clients train on, not what they send."""
+        return self.name in DATA_POISONING
+
     def __call__(self, honest: Tensor, f: int, generator: torch.Generator | None = None) -> Tensor:
         """The f Byzantine messages (f, P) crafted from the honest ones (H, P)."""
+        if self.poisons_data:
+            raise ValueError(f"{self.name} poisons the clients' data and crafts no message; run it through "
+                             f"Federation.run(..., adversary=Adversary(Attack({self.name!r}), f))")
         if self.rule is not None:
             return line_searched(honest, f, SEARCHED[self.name], self.rule, self.scales)[0]
         extra = {"generator": generator} if self.name == "gaussian" else {}

@@ -56,6 +56,8 @@ class Mixer(Protocol):
 
     def bytes_sent(self, W: torch.Tensor, n_params: int, dtype: torch.dtype) -> int: ...
 
+    # optional: counted(n) -> the ids of the nodes whose models are evaluated (default all; MoNNA's honest nodes)
+
 
 @dataclass(frozen=True)
 class Gossip:
@@ -109,9 +111,12 @@ class Decentralized:
         self.availability = Uniform(fraction=availability) if isinstance(availability, (int, float)) else availability
         if eval_nodes is not None and not 1 <= eval_nodes <= federation.n_clients:
             raise ValueError(f"eval_nodes must be in [1, {federation.n_clients}] or None (all), got {eval_nodes}")
-        # the nodes whose models are evaluated for the mean local accuracy: all, or evenly spaced ids
-        count = federation.n_clients if eval_nodes is None else eval_nodes
-        self.eval_ids = np.unique(np.linspace(0, federation.n_clients - 1, count).round().astype(int))
+        # the nodes whose models count (a mixer with Byzantine nodes counts only the honest ones: `counted(n)`)
+        counted = getattr(self.mixer, "counted", None)
+        self.counted = np.arange(federation.n_clients) if counted is None else np.asarray(counted(federation.n_clients))
+        # the nodes whose models are evaluated for the mean local accuracy: all counted, or evenly spaced ones
+        count = len(self.counted) if eval_nodes is None else min(eval_nodes, len(self.counted))
+        self.eval_ids = self.counted[np.unique(np.linspace(0, len(self.counted) - 1, count).round().astype(int))]
         self.final_models: dict[str, torch.Tensor] = {}  # label -> (N, P) node models after its last run
         self.shared_init = shared_init  # False: node i starts from its own x_i^0 (model init seeded seed + 1 + i)
 
@@ -178,11 +183,11 @@ class Decentralized:
         return history
 
     def _row(self, label: str, state: NetworkState, seconds: float) -> dict:
-        fed = self.fed
-        averaged = fed.evaluate(state.X.mean(0))
+        fed, X = self.fed, state.X[self.counted]  # (N_counted, P)
+        averaged = fed.evaluate(X.mean(0))
         local = np.mean([fed.evaluate(state.X[i])["test_acc"] for i in self.eval_ids])
         return {"algorithm": label, "round": state.round, **averaged, "local_acc": float(local),
-                "consensus_distance": consensus_distance(state.X), "bytes_sent": state.bytes_sent,
+                "consensus_distance": consensus_distance(X), "bytes_sent": state.bytes_sent,
                 "active": state.active, "wall_time": seconds}
 
     def compare(self, algorithms: Mapping[str, Algorithm] | Iterable[Algorithm], rounds: int,

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import validation as V
 from .algorithms.base import Algorithm, LocalContext, RoundInfo, Tensors
-from .attacks import Adversary
+from .attacks import Adversary, flip_labels
 from .channel import Channel, delivered
 from .data import Dataset
 from .executors import BatchedExecutor, Cohort, LoopExecutor
@@ -123,6 +123,7 @@ class RunState:
     generator: torch.Generator
     adversary: Adversary | None = None
     byzantine: torch.Tensor | None = None  # (f,) ids of the Byzantine clients, when there is an adversary
+    y_train: torch.Tensor | None = None  # (n,) the labels clients train on (label flipping: Byzantine shards flipped)
     round: int = 0
     bits_up: int = 0
     bits_down: int = 0
@@ -409,10 +410,22 @@ class Federation:
         byzantine = None if adversary is None else adversary.clients(self.n_clients).to(self.device)
         return RunState(algorithm=algorithm, channel=channel, executor=self.executor_for(algorithm),
                         ctx=self.context(algorithm), x=x, adversary=adversary, byzantine=byzantine,
+                        y_train=self.poisoned_labels(adversary, byzantine),
                         server_state=algorithm.init_server_state(x, self.n_clients),
                         client_state=ClientStates(algorithm.init_client_state(x), self.n_clients, self.device),
                         rng=np.random.default_rng(self.seed),  # client sampling and channel randomness
                         generator=torch.Generator(device=self.device).manual_seed(self.seed))  # minibatches
+
+    def poisoned_labels(self, adversary: Adversary | None, byzantine: torch.Tensor | None) -> torch.Tensor:
+        """The training labels as the clients hold them: under label flipping the Byzantine clients' shards carry
+        (C - 1) - y (`attacks.flip_labels`); otherwise the dataset's labels (the same tensor, not a copy)."""
+        if adversary is None or not adversary.attack.poisons_data or len(byzantine) == 0:
+            return self.y_train
+        owner = torch.repeat_interleave(torch.arange(self.n_clients, device=self.device), self.client_sizes)  # (n,)
+        owned = self._order[torch.isin(owner, byzantine)]  # the sample ids the Byzantine clients hold
+        y = self.y_train.clone()
+        y[owned] = flip_labels(y[owned], self.dataset.n_classes)  # (n,)
+        return y
 
     def broadcast(self, state: RunState, ids: torch.Tensor) -> tuple[Tensors, torch.Tensor]:
         """Send the current `downlink` to clients `ids` over the channel: (what arrived, the ids it reached).
@@ -432,13 +445,14 @@ class Federation:
         per_client = state.channel.down_per_client if down_per_client is None else down_per_client
         index = self.sample_batches(ids, steps, state.generator)  # (M, K, B)
         messages, client_state = self.train_cohort(state.algorithm, down, index, steps, state.client_state.get(ids),
-                                                   per_client, executor or state.executor, state.ctx)
+                                                   per_client, executor or state.executor, state.ctx, state.y_train)
         if client_state:
             state.client_state.put(ids, client_state)
         messages, bits = state.channel.uplink(messages, state.rng, clients=ids)
         state.bits_up += bits
         messages, ids = delivered(messages, ids)
-        return (messages if state.adversary is None else self.corrupt(state, messages, ids)), ids
+        attacked = state.adversary is not None and not state.adversary.attack.poisons_data
+        return (self.corrupt(state, messages, ids) if attacked else messages), ids
 
     def corrupt(self, state: RunState, messages: Tensors, ids: torch.Tensor) -> Tensors:
         """What the server holds once the round's Byzantine senders have replaced their messages by the adversary's,
@@ -457,16 +471,17 @@ class Federation:
 
     def train_cohort(self, algorithm: Algorithm, down: Tensors, index: torch.Tensor, steps: torch.Tensor | None = None,
                      client_state: Tensors | None = None, down_per_client: bool = False,
-                     executor: LoopExecutor | BatchedExecutor | None = None, ctx: LocalContext | None = None
-                     ) -> tuple[Tensors, Tensors]:
+                     executor: LoopExecutor | BatchedExecutor | None = None, ctx: LocalContext | None = None,
+                     y_train: torch.Tensor | None = None) -> tuple[Tensors, Tensors]:
         """Local training of one cohort on sample ids `index` (M, K, B): (messages (M, ...), new client states).
 
         The piece of a round that trains; also what pre-phases such as FedLEx's exploration and the drift
-        measures call. `steps` (M,) marks each client's real steps; states default to the algorithm's initial."""
+        measures call. `steps` (M,) marks each client's real steps; states default to the algorithm's initial;
+        `y_train` (n,) replaces the labels (a run's poisoned labels)."""
         if client_state is None:
             x = self.initial_model()
             client_state = {k: v.expand(len(index), *v.shape) for k, v in algorithm.init_client_state(x).items()}
-        cohort = Cohort(self.x_train, self.y_train, index, steps)
+        cohort = Cohort(self.x_train, self.y_train if y_train is None else y_train, index, steps)
         executor = executor or self.executor_for(algorithm)
         return executor(algorithm, down, client_state, cohort, ctx or self.context(algorithm),
                         down_per_client=down_per_client)

@@ -12,6 +12,8 @@ claim any sample size), and take none.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -50,8 +52,19 @@ def _check_weights(weights: Tensor | None, m: int, rule: str) -> Tensor | None:
 
 
 def _rows_average(selection: Tensor, x: Tensor) -> Tensor:
-    """Average rows of x with a (..., Q, M) matrix of row weights: one matmul instead of gathering (..., Q, k, P)."""
-    return selection @ x  # (..., Q, M) @ (..., M, P) -> (..., Q, P)
+    """Average rows of x with a (..., Q, M) matrix of row weights: one matmul instead of gathering (..., Q, k, P).
+
+    A non-finite entry reaches only the outputs whose weights select its row (a plain matmul would spread
+    0 * inf = NaN to every output): +inf and -inf are carried apart, NaN where both meet."""
+    finite = torch.isfinite(x)
+    if bool(finite.all()):
+        return selection @ x  # (..., Q, M) @ (..., M, P) -> (..., Q, P)
+    out = selection @ x.masked_fill(~finite, 0)  # (..., Q, P)
+    chosen = (selection != 0).to(x.dtype)  # (..., Q, M)
+    up, down = (chosen @ (x == math.inf).to(x.dtype)) > 0, (chosen @ (x == -math.inf).to(x.dtype)) > 0
+    nan = (chosen @ torch.isnan(x).to(x.dtype)) > 0
+    out = out.masked_fill(up, math.inf).masked_fill(down, -math.inf)
+    return out.masked_fill(nan | (up & down), math.nan)
 
 
 def _distances(a: Tensor, b: Tensor) -> Tensor:

@@ -44,6 +44,9 @@ TINY = {  # chapter -> control values that make its Run take a second or two
     "ch52_modest": {"n_nodes": 8, "sample_size": 4, "rounds": 4, "crash_round": 2, "rejoin_round": 3,
                     "local_steps": 2},
     "ch53_single_merge": {"n_nodes": 4, "rounds": 3, "local_steps": 2},
+    "ch40_byzantine": {"n_clients": 6, "f": 1, "rounds": 2, "attack": "FOE (line search)", "rule": "krum"},
+    "ch41_monna": {"n_nodes": 7, "f": 2, "steps": 10, "attack": "alie"},
+    "ch42_fal": {"n_clients": 3, "rounds": 2, "pgd_steps": 2, "local_steps": 2},
 }
 
 

@@ -191,6 +191,51 @@ def test_byzantine_messages_replace_the_senders_own_in_both_loops(digits_data):
             assert torch.allclose(delta[bad][0], -delta[~bad].mean(0), atol=1e-6)
 
 
+def test_label_flipping_poisons_only_the_byzantine_clients_data_in_both_loops(digits_data):
+    """Byzantine clients train on (C - 1) - y and send what they trained: in the first round the honest clients'
+    updates equal those of the clean run bit for bit, the flipped clients' differ, and a rerun repeats them."""
+    from flbook.attacks import Adversary, Attack, flip_labels
+
+    adversary = Adversary(Attack("label_flipping"), f=2, seed=1)
+    for loop in ("sync", "async"):
+        def first_round(attack):
+            seen = []
+
+            @dataclasses.dataclass(kw_only=True)
+            class Seen(FedAvg):
+                def aggregate(self, x, server_state, messages, weights, info):
+                    seen.append((info.clients.clone(), messages["delta"].clone()))
+                    return super().aggregate(x, server_state, messages, weights, info)
+
+            fed = _federation(digits_data, Channel())
+            if loop == "sync":
+                history = fed.run(Seen(), 1, adversary=attack, progress=False)
+            else:
+                history = AsyncFederation(fed, linear(N, 0.0, step_time=0.5)).run(Seen(), 1.0, adversary=attack,
+                                                                                   eval_every=1.0, progress=False)
+            return seen[0], history
+
+        (clients, clean), _ = first_round(None)
+        (clients_attacked, poisoned), history = first_round(adversary)
+        assert torch.equal(clients, clients_attacked)
+        assert history.attrs["attack"] == "label_flipping by f=2" and len(history.attrs["byzantine"]) == 2
+        bad = torch.isin(clients, torch.tensor(history.attrs["byzantine"]))
+        assert bad.any() and (~bad).any()
+        assert torch.equal(poisoned[~bad], clean[~bad])
+        assert all(not torch.allclose(p, c) for p, c in zip(poisoned[bad], clean[bad]))
+        assert torch.equal(first_round(adversary)[0][1], poisoned)  # reproducible
+    fed = _federation(digits_data, Channel())
+    byzantine = adversary.clients(N)
+    y = fed.poisoned_labels(adversary, byzantine)
+    for k in range(N):
+        shard = torch.as_tensor(fed.partition[k])
+        expected = flip_labels(fed.y_train[shard], 10) if k in byzantine else fed.y_train[shard]
+        assert torch.equal(y[shard], expected)
+    assert fed.poisoned_labels(Adversary(Attack("sign_flipping"), f=2), byzantine) is fed.y_train
+    with pytest.raises(ValueError, match="poisons the clients' data and crafts no message"):
+        Attack("label_flipping")(torch.ones(3, 2), 1)
+
+
 def test_a_robust_rule_survives_an_attack_that_breaks_fedavg(digits_data):
     from flbook.algorithms import RobustFedAvg
     from flbook.attacks import Adversary, Attack

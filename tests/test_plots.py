@@ -81,3 +81,22 @@ def test_use_theme_sets_grid_and_dpi():
     plots.use_theme(dpi=70)
     assert matplotlib.rcParams["figure.dpi"] == 70
     assert matplotlib.rcParams["axes.grid"]
+
+
+def test_robustness_heatmaps_show_the_worst_case():
+    import pandas as pd
+
+    from flbook.plots import attack_rule_heatmap, f_heterogeneity_heatmap
+    from flbook.plots.robustness import worst_over_attacks
+    rows = [{"rule": r, "attack": a, "seed": s, "f": f, "alpha": al, "accuracy": acc + 0.01 * s}
+            for r, acc in (("mean", 0.1), ("median", 0.5)) for a in ("none", "sign flipping", "FOE")
+            for s in (0, 1) for f in (2, 4) for al in (0.1, 1.0)]
+    table = pd.DataFrame(rows)
+    table.loc[(table.rule == "median") & (table.attack == "FOE"), "accuracy"] = 0.3
+    worst = worst_over_attacks(table[(table.f == 2) & (table.alpha == 0.1)])
+    assert worst.loc["median"].tolist() == [0.3, 0.3] and worst.loc["mean"].round(2).tolist() == [0.1, 0.11]
+    fig = attack_rule_heatmap(table[(table.f == 2) & (table.alpha == 0.1)])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()][-1] == "worst case"
+    assert len(f_heterogeneity_heatmap(table).axes) >= 2
+    with pytest.raises(ValueError, match="table must have columns"):
+        attack_rule_heatmap(table.drop(columns="seed"))

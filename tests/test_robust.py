@@ -1,3 +1,4 @@
+import math
 import importlib.util
 import json
 from pathlib import Path
@@ -147,6 +148,17 @@ def test_nnm_and_nna_with_f_zero_give_the_exact_mean():
     x = stack(2, m=7)
     assert_close(R.nearest_neighbour_average(x, 0, x[:3]), x.mean(0).expand(3, -1))
     assert_close(R.nnm(x, 0)[0], x.mean(0).expand(7, -1))
+
+
+def test_nnm_keeps_inf_messages_out_of_the_honest_rows():
+    """An inf message is far from every honest one: NNM leaves it out of their neighbourhoods (no 0 * inf = NaN)."""
+    honest = torch.randn(6, 4)
+    x = torch.cat([honest, torch.full((2, 4), math.inf)])
+    mixed, _ = R.nnm(x, 2)
+    assert torch.isfinite(mixed[:6]).all()
+    assert_close(mixed[:6], torch.stack([honest[(honest - h).norm(dim=1).topk(6, largest=False).indices].mean(0)
+                                         for h in honest]))
+    assert torch.isfinite(R.RobustRule("median", f=2, pre=("nnm",))(x)).all()
 
 
 def test_nna_returns_v_when_the_kept_messages_are_copies_of_v():
