@@ -138,7 +138,7 @@ from flbook.participation import Bernoulli, Uniform, data_correlated, two_groups
 
 PROBABILITIES = st.one_of(ANYTHING, st.lists(st.one_of(st.floats(), st.floats(1e-12, 1), ANYTHING), max_size=5))
 PARTICIPATION = {
-    "fraction": lambda v: Uniform(fraction=v), "clients_per_round": lambda v: Uniform(count=v),
+    "fraction": lambda v: Uniform(fraction=v), "count": lambda v: Uniform(count=v),
     "p": lambda v: Bernoulli(v), "max_redraws": lambda v: Bernoulli((0.5, 0.2), max_redraws=v),
     "two_groups n_clients": lambda v: two_groups(v, 0.5, 0.2), "two_groups rate": lambda v: two_groups(6, v, 0.1),
     "two_groups gap": lambda v: two_groups(6, 0.5, v), "score": lambda v: data_correlated(v, 0.5, 0.5),

@@ -290,7 +290,8 @@ def quantity_skew(
     n = len(_as_labels(labels))
     n_clients = _check_n_clients(n_clients, n)
     min_size = V.integer("min_size", min_size, 0, n // n_clients)  # at most n_samples // n_clients
-    sigma = V.non_negative("sigma", sigma)
+    # beyond ~50 one client takes every sample, and 1e308 would overflow; abs: numpy refuses a scale of -0.0
+    sigma = abs(V.in_range("sigma", sigma, 0.0, 1e3))
     exponent = V.in_range("exponent", exponent, 1e-3, math.inf)  # below 1e-3 one client takes every sample anyway
     rng = _rng(seed)
     # log-weights, so heavy tails cannot overflow: log LN(0, sigma^2) = N(0, sigma^2), log(Pareto + 1) = Exp(1) / a
