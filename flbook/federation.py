@@ -62,7 +62,10 @@ def _participation(participation: float | Participation, clients_per_round: int 
     else:
         raise TypeError(f"participation must be a fraction in (0, 1] or a participation model such as Bernoulli, "
                         f"got {participation!r}")
-    model.probabilities(n_clients)  # raises when the model does not fit n_clients
+    try:
+        model.probabilities(n_clients)  # raises when the model does not fit n_clients
+    except ValueError as err:
+        raise ValueError(f"participation={model!r} does not fit {n_clients} clients: {err}") from err
     return model
 
 

@@ -358,7 +358,7 @@ def test_partition_that_is_no_list_and_meta_device_are_refused(digits_data, skew
 
 def test_a_participation_model_too_large_for_the_federation_names_its_own_parameter(digits_data):
     from flbook.participation import Uniform
-    with pytest.raises(ValueError, match=r"Uniform: count must be <= n_clients=3 \(clients per round\), got 5"):
+    with pytest.raises(ValueError, match=r"participation=Uniform\(fraction=1.0, count=5\) does not fit 3 clients: Uniform: count must be <= n_clients=3"):
         Federation(digits_data, equal_parts(len(digits_data.y_train), 3, 20), "logistic",
                    participation=Uniform(count=5))
 
