@@ -32,6 +32,7 @@ class Cohort:
     y: torch.Tensor  # (n,)
     index: torch.Tensor  # (M, K, B) sample ids per client, local step and batch position
     steps: torch.Tensor | None = None  # (M,) real steps per client when they differ (epoch mode); None: all K
+    lr: torch.Tensor | None = None  # (M,) local learning rate per client (lockstep runs); None: the context's
 
     @property
     def size(self) -> int:
@@ -112,7 +113,8 @@ class LoopExecutor:
             index = cohort.index[m, :n_steps]  # (K_m, B)
             batches = Batches(cohort.x[index], cohort.y[index])
             client_down = _rows(down, m) if down_per_client else down
-            message, state = algo.client_update(client_down, _rows(client_state, m), batches, ctx)
+            client_ctx = ctx if cohort.lr is None else dataclasses.replace(ctx, lr=float(cohort.lr[m]))
+            message, state = algo.client_update(client_down, _rows(client_state, m), batches, client_ctx)
             messages.append(message)
             states.append(state)
         return _stack(messages), (_stack(states) if client_state else {})
@@ -155,13 +157,15 @@ class BatchedExecutor:
         if _is_perceptron(ctx.model.module) and type(ctx) is LocalContext:  # a subclass keeps its own gradient
             ctx = BackpropContext(**{f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)})
 
-        def one_client(client_down, state, xb, yb, active):
-            return algo.client_update(client_down, state, Batches(xb, yb, active), ctx)
+        def one_client(client_down, state, xb, yb, active, lr):
+            client_ctx = ctx if lr is None else dataclasses.replace(ctx, lr=lr)  # lr: this client's 0-dim row
+            return algo.client_update(client_down, state, Batches(xb, yb, active), client_ctx)
 
         active_all = None
         if cohort.steps is not None:
             active_all = torch.arange(n_steps, device=cohort.index.device) < cohort.steps[:, None]  # (M, K)
-        in_dims = (0 if down_per_client else None, 0, 0, 0, None if active_all is None else 0)
+        in_dims = (0 if down_per_client else None, 0, 0, 0, None if active_all is None else 0,
+                   None if cohort.lr is None else 0)
         mapped = torch.func.vmap(one_client, in_dims=in_dims)
         chunk = self.chunk_for(cohort, ctx)
         messages, states = [], []
@@ -169,8 +173,10 @@ class BatchedExecutor:
             rows = slice(start, start + chunk)
             index = cohort.index[rows]  # (m, K, B)
             active = None if active_all is None else active_all[rows]
+            lr = None if cohort.lr is None else cohort.lr[rows]  # (m,)
             client_down = _rows(down, rows) if down_per_client else down
-            message, state = mapped(client_down, _rows(client_state, rows), cohort.x[index], cohort.y[index], active)
+            message, state = mapped(client_down, _rows(client_state, rows), cohort.x[index], cohort.y[index], active,
+                                    lr)
             messages.append(message)
             states.append(state)
         return _cat(messages), (_cat(states) if client_state else {})

@@ -24,6 +24,7 @@ LAYERS = {  # top-level module or subpackage -> layer
                      "validation", "robust", "attacks", "topology"), 0),
     "algorithms": 1,
     **dict.fromkeys(("channel", "executors", "federation", "asynchronous", "decentralized", "split", "flower"), 2),
+    "lockstep": 2,
     **dict.fromkeys(("drift", "loss_decomposition", "admm", "protocol"), 3),
     **dict.fromkeys(("plots", "widgets"), 4),
     "chapters": 5,
