@@ -15,6 +15,7 @@ batched executor pads to the longest and masks the padding steps (`Batches.activ
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,8 @@ class Cohort:
     index: torch.Tensor  # (M, K, B) sample ids per client, local step and batch position
     steps: torch.Tensor | None = None  # (M,) real steps per client when they differ (epoch mode); None: all K
     lr: torch.Tensor | None = None  # (M,) local learning rate per client (lockstep runs); None: the context's
+    # sizes of consecutive row blocks (one per lockstep run): a shared `down` then holds one row per block (G, ...)
+    blocks: tuple[int, ...] | None = None
 
     @property
     def size(self) -> int:
@@ -49,6 +52,28 @@ def _stack(parts: list[Tensors]) -> Tensors:
 
 def _cat(parts: list[Tensors]) -> Tensors:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def chunks(sizes: tuple[int, ...], chunk: int) -> list[slice]:
+    """Row ranges of at most `chunk` rows over consecutive blocks of `sizes` rows: whole blocks are packed together,
+    and a block is split only when it alone holds more than `chunk` rows (so a block's clients train as one cohort)."""
+    out, start, end = [], 0, 0
+    for size in sizes:
+        if end > start and end - start + size > chunk:
+            out.append(slice(start, end))
+            start = end
+        if size > chunk:
+            out += [slice(a, min(a + chunk, end + size)) for a in range(end, end + size, chunk)]
+            start = end + size
+        end += size
+    if end > start:
+        out.append(slice(start, end))
+    return out
+
+
+def _owners(cohort: Cohort) -> list[int] | None:
+    """The block of each row (M,), or None when the cohort has no blocks."""
+    return None if cohort.blocks is None else [g for g, n in enumerate(cohort.blocks) for _ in range(n)]
 
 
 def _is_perceptron(module: nn.Module) -> bool:
@@ -107,12 +132,13 @@ class LoopExecutor:
     def __call__(self, algo: Algorithm, down: Tensors, client_state: Tensors, cohort: Cohort, ctx: LocalContext,
                  down_per_client: bool = False) -> tuple[Tensors, Tensors]:
         ctx = dataclasses.replace(ctx, eager=True)
+        owner = _owners(cohort)
         messages, states = [], []
         for m in range(cohort.size):
             n_steps = cohort.index.shape[1] if cohort.steps is None else int(cohort.steps[m])
             index = cohort.index[m, :n_steps]  # (K_m, B)
             batches = Batches(cohort.x[index], cohort.y[index])
-            client_down = _rows(down, m) if down_per_client else down
+            client_down = _rows(down, m) if down_per_client else down if owner is None else _rows(down, owner[m])
             client_ctx = ctx if cohort.lr is None else dataclasses.replace(ctx, lr=float(cohort.lr[m]))
             message, state = algo.client_update(client_down, _rows(client_state, m), batches, client_ctx)
             messages.append(message)
@@ -157,24 +183,30 @@ class BatchedExecutor:
         if _is_perceptron(ctx.model.module) and type(ctx) is LocalContext:  # a subclass keeps its own gradient
             ctx = BackpropContext(**{f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)})
 
-        def one_client(client_down, state, xb, yb, active, lr):
-            client_ctx = ctx if lr is None else dataclasses.replace(ctx, lr=lr)  # lr: this client's 0-dim row
+        def one_client(chunk_ctx, client_down, state, xb, yb, active, lr):
+            client_ctx = chunk_ctx if lr is None else dataclasses.replace(chunk_ctx, lr=lr)  # lr: this client's row
             return algo.client_update(client_down, state, Batches(xb, yb, active), client_ctx)
 
         active_all = None
         if cohort.steps is not None:
             active_all = torch.arange(n_steps, device=cohort.index.device) < cohort.steps[:, None]  # (M, K)
-        in_dims = (0 if down_per_client else None, 0, 0, 0, None if active_all is None else 0,
-                   None if cohort.lr is None else 0)
-        mapped = torch.func.vmap(one_client, in_dims=in_dims)
-        chunk = self.chunk_for(cohort, ctx)
+        owner, lrs = _owners(cohort), None if cohort.lr is None else cohort.lr.tolist()
         messages, states = [], []
-        for start in range(0, cohort.size, chunk):
-            rows = slice(start, start + chunk)
+        for rows in chunks(cohort.blocks or (cohort.size,), self.chunk_for(cohort, ctx)):
             index = cohort.index[rows]  # (m, K, B)
             active = None if active_all is None else active_all[rows]
-            lr = None if cohort.lr is None else cohort.lr[rows]  # (m,)
-            client_down = _rows(down, rows) if down_per_client else down
+            client_down, down_dim = (_rows(down, rows), 0) if down_per_client else (down, None)
+            if owner is not None and not down_per_client:  # one downlink row per block: shared within the chunk's block
+                first, last = owner[rows.start], owner[rows.stop - 1]
+                client_down, down_dim = ((_rows(down, first), None) if first == last else
+                                         (_rows(down, torch.as_tensor(owner[rows], device=index.device)), 0))
+            chunk_ctx, lr = ctx, None
+            if lrs is not None and len(set(lrs[rows])) == 1:  # one learning rate in the chunk: a plain float
+                chunk_ctx = dataclasses.replace(ctx, lr=lrs[rows.start])
+            elif lrs is not None:
+                lr = cohort.lr[rows]  # (m,)
+            mapped = torch.func.vmap(functools.partial(one_client, chunk_ctx),
+                                     in_dims=(down_dim, 0, 0, 0, None if active is None else 0, None if lr is None else 0))
             message, state = mapped(client_down, _rows(client_state, rows), cohort.x[index], cohort.y[index], active,
                                     lr)
             messages.append(message)

@@ -434,16 +434,18 @@ class Federation:
     def train_cohort(self, algorithm: Algorithm, down: Tensors, index: torch.Tensor, steps: torch.Tensor | None = None,
                      client_state: Tensors | None = None, down_per_client: bool = False,
                      executor: LoopExecutor | BatchedExecutor | None = None, ctx: LocalContext | None = None,
-                     lr: torch.Tensor | None = None) -> tuple[Tensors, Tensors]:
+                     lr: torch.Tensor | None = None, blocks: tuple[int, ...] | None = None
+                     ) -> tuple[Tensors, Tensors]:
         """Local training of one cohort on sample ids `index` (M, K, B): (messages (M, ...), new client states).
 
         The piece of a round that trains; also what pre-phases such as FedLEx's exploration and the drift
         measures call. `steps` (M,) marks each client's real steps; states default to the algorithm's initial;
-        `lr` (M,) gives each client its own local learning rate (default: the context's)."""
+        `lr` (M,) gives each client its own local learning rate (default: the context's); `blocks` stacks several
+        cohorts (lockstep runs, see `executors.Cohort`)."""
         if client_state is None:
             x = self.initial_model()
             client_state = {k: v.expand(len(index), *v.shape) for k, v in algorithm.init_client_state(x).items()}
-        cohort = Cohort(self.x_train, self.y_train, index, steps, lr)
+        cohort = Cohort(self.x_train, self.y_train, index, steps, lr, blocks)
         executor = executor or self.executor_for(algorithm)
         return executor(algorithm, down, client_state, cohort, ctx or self.context(algorithm),
                         down_per_client=down_per_client)

@@ -139,30 +139,33 @@ def _pad_steps(index: torch.Tensor, steps: int) -> torch.Tensor:
 def train_round(runs: list[Run], states: list[RunState]) -> None:
     """One round of every run: each samples and broadcasts, all cohorts train in one executor call, each sends up
     and aggregates (updates `states`)."""
-    cohorts = []  # (federation, state, ids, down (M, ...), steps, index (M, K, B)) of runs whose broadcast arrived
+    cohorts = []  # (federation, state, ids, down, steps, index (M, K, B)) of the runs whose broadcast arrived
     for run, state in zip(runs, states):
         fed = run.federation
         down, ids = fed.open_round(state)
         if len(ids) == 0:
             fed.close_round(state, {}, ids)
             continue
-        if not state.channel.down_per_client:
-            down = {k: v.expand(len(ids), *v.shape) for k, v in down.items()}  # (M, ...) one row per receiver
         steps = fed.steps_for(ids)
         cohorts.append((fed, state, ids, down, steps, fed.sample_batches(ids, steps, state.generator)))
     if not cohorts:
         return
     lead, lead_state = cohorts[0][0], cohorts[0][1]
-    n_steps = max(index.shape[1] for *_, index in cohorts)
+    per_client = any(state.channel.down_per_client for _, state, *_ in cohorts)
+    if per_client:  # one downlink row per client (M, ...), shared messages repeated
+        down = _cat([d if state.channel.down_per_client else {k: v.expand(len(ids), *v.shape) for k, v in d.items()}
+                     for _, state, ids, d, *_ in cohorts])
+    else:  # one downlink row per run (G, ...)
+        down = {k: torch.stack([d[k] for *_, d, _, _ in cohorts]) for k in cohorts[0][3]}
     lrs = [state.ctx.lr for _, state, *_ in cohorts]
     lr = None if len(set(lrs)) == 1 else torch.cat([  # (sum M,) each row's local learning rate
         torch.full((len(ids),), state.ctx.lr, dtype=torch.float64, device=lead.device) for _, state, ids, *_ in cohorts])
+    n_steps = max(index.shape[1] for *_, index in cohorts)
     messages, client_state = lead.train_cohort(
-        lead_state.algorithm, _cat([down for _, _, _, down, _, _ in cohorts]),
-        torch.cat([_pad_steps(index, n_steps) for *_, index in cohorts]),  # (sum M, K, B)
+        lead_state.algorithm, down, torch.cat([_pad_steps(index, n_steps) for *_, index in cohorts]),  # (sum M, K, B)
         None if cohorts[0][4] is None else torch.cat([steps for *_, steps, _ in cohorts]),
-        _cat([state.client_state.get(ids) for _, state, ids, *_ in cohorts]), True, lead_state.executor,
-        lead_state.ctx, lr)
+        _cat([state.client_state.get(ids) for _, state, ids, *_ in cohorts]), per_client, lead_state.executor,
+        lead_state.ctx, lr, tuple(len(ids) for _, _, ids, *_ in cohorts))
     start = 0
     for fed, state, ids, *_ in cohorts:
         rows = slice(start, start + len(ids))
