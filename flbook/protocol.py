@@ -43,6 +43,7 @@ MIN_SEEDS = 3  # fewer seeds than this make every verdict "inconclusive"
 LRS: tuple[float, ...] = (0.03, 0.1, 0.3)  # local learning rates tried for every method
 SERVER_LRS: tuple[float, ...] = (0.5, 1.0, 2.0)  # server learning rates tried for every method that has one
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+LOCKSTEP = True  # run_all trains the runs of one task shape together; False: one by one (the benchmark's reference)
 
 MakeFederation = Callable[[Dataset, int, float], Federation]
 Factory = Callable[..., Algorithm]
@@ -223,7 +224,7 @@ def _train(configs: list[RunConfig], built: list[tuple[Federation, Algorithm, tu
     groups: dict[tuple, list[int]] = {}
     for i in todo.values():
         c, (fed, algorithm, _) = configs[i], built[i]
-        shape = lockstep.shape_key(fed, algorithm)
+        shape = lockstep.shape_key(fed, algorithm) if LOCKSTEP else None
         groups.setdefault(("alone", i) if shape is None else (id(c.dataset), c.rounds, c.eval_every, shape), []).append(i)
     trained = {}
     for members in groups.values():
