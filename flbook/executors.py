@@ -11,11 +11,17 @@ Unequal client dataset sizes: with `local_steps` every client takes K steps of B
 a shuffle of its own shard and starting it again when the shard is shorter than K*B (so every batch has
 the same shape). With `local_epochs` each client takes its own number of steps, ceil(E n_i / B); the
 batched executor pads to the longest and masks the padding steps (`Batches.active`).
+
+Lockstep runs (`flbook.lockstep`) stack several runs' cohorts into one: `Cohort.lr` gives each row its own local
+learning rate and `Cohort.blocks` marks each run's rows, so a shared downlink is sent as one row per run and chunks
+keep a run's clients together (a chunk inside one run computes exactly what that run alone would).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +75,12 @@ def chunks(sizes: tuple[int, ...], chunk: int) -> list[slice]:
     if end > start:
         out.append(slice(start, end))
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _threads(workers: int) -> ThreadPoolExecutor:
+    """A pool of `workers` threads for chunks (tensor ops release the interpreter lock while they compute)."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="flbook-chunks")
 
 
 def _owners(cohort: Cohort) -> list[int] | None:
@@ -151,9 +163,20 @@ class BatchedExecutor:
 
     name = "batched"
 
-    def __init__(self, chunk_size: int | None = None, memory_budget: int | None = None):
+    def __init__(self, chunk_size: int | None = None, memory_budget: int | None = None, workers: int | None = None):
         self.chunk_size = None if chunk_size is None else V.integer("chunk_size", chunk_size, 1)
         self.memory_budget = None if memory_budget is None else V.integer("memory_budget", memory_budget, 1)  # bytes
+        self.workers = None if workers is None else V.integer("workers", workers, 1, 1024)
+
+    def workers_for(self, cohort: Cohort) -> int:
+        """CPU threads that train chunks side by side: the user's choice, else one for one cohort (as measured by
+        `python -m flbook.bench`) and every core for the stacked cohorts of lockstep runs when each op runs on one
+        thread (`Federation.thread_count`): their chunks are independent, and the same bits in any order."""
+        if self.workers is not None:
+            return self.workers
+        if cohort.blocks is None or cohort.x.device.type != "cpu" or torch.get_num_threads() > 1:
+            return 1
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     def chunk_for(self, cohort: Cohort, ctx: LocalContext) -> int:
         """Clients per chunk: the user's choice, else as many as fit the memory budget.
@@ -191,8 +214,8 @@ class BatchedExecutor:
         if cohort.steps is not None:
             active_all = torch.arange(n_steps, device=cohort.index.device) < cohort.steps[:, None]  # (M, K)
         owner, lrs = _owners(cohort), None if cohort.lr is None else cohort.lr.tolist()
-        messages, states = [], []
-        for rows in chunks(cohort.blocks or (cohort.size,), self.chunk_for(cohort, ctx)):
+
+        def train(rows: slice) -> tuple[Tensors, Tensors]:
             index = cohort.index[rows]  # (m, K, B)
             active = None if active_all is None else active_all[rows]
             client_down, down_dim = (_rows(down, rows), 0) if down_per_client else (down, None)
@@ -205,10 +228,12 @@ class BatchedExecutor:
                 chunk_ctx = dataclasses.replace(ctx, lr=lrs[rows.start])
             elif lrs is not None:
                 lr = cohort.lr[rows]  # (m,)
-            mapped = torch.func.vmap(functools.partial(one_client, chunk_ctx),
-                                     in_dims=(down_dim, 0, 0, 0, None if active is None else 0, None if lr is None else 0))
-            message, state = mapped(client_down, _rows(client_state, rows), cohort.x[index], cohort.y[index], active,
-                                    lr)
-            messages.append(message)
-            states.append(state)
+            in_dims = (down_dim, 0, 0, 0, None if active is None else 0, None if lr is None else 0)
+            mapped = torch.func.vmap(functools.partial(one_client, chunk_ctx), in_dims=in_dims)
+            return mapped(client_down, _rows(client_state, rows), cohort.x[index], cohort.y[index], active, lr)
+
+        parts = chunks(cohort.blocks or (cohort.size,), self.chunk_for(cohort, ctx))
+        workers = min(len(parts), self.workers_for(cohort))
+        done = list(_threads(workers).map(train, parts)) if workers > 1 else [train(rows) for rows in parts]
+        messages, states = [m for m, _ in done], [s for _, s in done]
         return _cat(messages), (_cat(states) if client_state else {})

@@ -461,7 +461,7 @@ class Federation:
         self.close_round(state, messages, ids)
 
     def open_round(self, state: RunState) -> tuple[Tensors, torch.Tensor]:
-        """A round's start: the next round's clients sampled and sent the downlink: (what arrived, the ids it reached)."""
+        """A round's start: its clients sampled and sent the downlink: (what arrived, the ids it reached)."""
         state.round = t = state.round + 1
         ids = torch.as_tensor(self.participation.sample(t, self.n_clients, state.rng), device=self.device)
         return self.broadcast(state, ids)

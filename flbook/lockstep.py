@@ -33,9 +33,9 @@ from .channel import Channel
 from .federation import Federation, RunState, check_run, report_divergence, report_empty_rounds
 from .runtime import cpu_threads
 
-SERVER_FIELDS = frozenset({"server_lr"})  # algorithm attributes only `aggregate` reads: lockstep runs may differ in them
+SERVER_FIELDS = frozenset({"server_lr"})  # algorithm attributes only `aggregate` reads: runs may differ in them
 _PLAIN = (bool, int, float, str, type(None))
-STACK_BUDGET = 2**30  # bytes of stacked per-client tensors a lockstep group may hold on a CPU (on a GPU: a quarter free)
+STACK_BUDGET = 2**30  # bytes of stacked per-client tensors a group may hold on a CPU (on a GPU: a quarter free)
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,8 @@ def train_round(runs: list[Run], states: list[RunState]) -> None:
         down = {k: torch.stack([d[k] for *_, d, _, _ in cohorts]) for k in cohorts[0][3]}
     lrs = [state.ctx.lr for _, state, *_ in cohorts]
     lr = None if len(set(lrs)) == 1 else torch.cat([  # (sum M,) each row's local learning rate
-        torch.full((len(ids),), state.ctx.lr, dtype=torch.float64, device=lead.device) for _, state, ids, *_ in cohorts])
+        torch.full((len(ids),), state.ctx.lr, dtype=torch.float64, device=lead.device)
+        for _, state, ids, *_ in cohorts])
     n_steps = max(index.shape[1] for *_, index in cohorts)
     messages, client_state = lead.train_cohort(
         lead_state.algorithm, down, torch.cat([_pad_steps(index, n_steps) for *_, index in cohorts]),  # (sum M, K, B)

@@ -214,7 +214,8 @@ def run(config: RunConfig) -> pd.DataFrame:
     return _labelled(config, history)
 
 
-def _train(configs: list[RunConfig], built: list[tuple[Federation, Algorithm, tuple | None]]) -> dict[int, pd.DataFrame]:
+def _train(configs: list[RunConfig],
+           built: list[tuple[Federation, Algorithm, tuple | None]]) -> dict[int, pd.DataFrame]:
     """Train the configurations `run` would not find in its cache, each distinct run once: those of one task shape
     (`lockstep.shape_key`) together in lockstep, in groups that fit `lockstep.fits`, the rest one by one."""
     todo: dict[object, int] = {}  # a run's cache key (or its position, when it has none) -> its first config
@@ -225,7 +226,8 @@ def _train(configs: list[RunConfig], built: list[tuple[Federation, Algorithm, tu
     for i in todo.values():
         c, (fed, algorithm, _) = configs[i], built[i]
         shape = lockstep.shape_key(fed, algorithm) if LOCKSTEP else None
-        groups.setdefault(("alone", i) if shape is None else (id(c.dataset), c.rounds, c.eval_every, shape), []).append(i)
+        group = ("alone", i) if shape is None else (id(c.dataset), c.rounds, c.eval_every, shape)
+        groups.setdefault(group, []).append(i)
     trained = {}
     for members in groups.values():
         size = lockstep.fits(*built[members[0]][:2])

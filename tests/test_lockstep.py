@@ -207,3 +207,20 @@ def test_run_all_falls_back_to_single_runs_for_what_cannot_be_batched(digits_dat
     assert sizes == [] and [h["algorithm"].iloc[0] for h in histories] == ["FedAMD", "FedAMD", "FedAvg"]
     protocol.clear_cache()
     assert np.allclose(protocol.run(amd[1])["test_acc"], histories[1]["test_acc"])
+
+
+def test_chunks_of_stacked_runs_train_side_by_side_to_the_same_bits(digits_data):
+    fed = make(digits_data, 0, 0.1)
+    ids = torch.arange(6)
+    index = fed.sample_batches(ids, None, torch.Generator().manual_seed(0))
+    x = torch.stack([fed.initial_model(), make(digits_data, 1, 0.1).initial_model()])  # (G, P) a downlink per run
+    cohort = Cohort(fed.x_train, fed.y_train, index, lr=torch.tensor([0.1] * 3 + [0.3] * 3, dtype=torch.float64),
+                    blocks=(3, 3))
+    one, _ = BatchedExecutor(workers=1)(FedAvg(), {"x": x}, {}, cohort, fed.context(FedAvg()))
+    two, _ = BatchedExecutor(workers=2)(FedAvg(), {"x": x}, {}, cohort, fed.context(FedAvg()))
+    assert torch.equal(one["delta"], two["delta"])
+    alone, _ = make(digits_data, 1, 0.3).train_cohort(FedAvg(), {"x": x[1]}, index[3:])
+    assert torch.equal(one["delta"][3:], alone["delta"])  # a chunk inside one run computes what that run would
+    assert BatchedExecutor().workers_for(Cohort(fed.x_train, fed.y_train, index)) == 1  # one cohort: one thread
+    with pytest.raises(ValueError, match="workers"):
+        BatchedExecutor(workers=0)
