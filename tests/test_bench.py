@@ -57,6 +57,6 @@ def test_panel_latency_times_every_panel():
 def test_protocol_section_times_both_modes_and_checks_they_agree():
     from flbook import bench, protocol
 
-    table = bench.protocol_speed(repeats=1, rounds=2, n_clients=4, model="logistic", lrs=(0.1,), server_lrs=(1.0,))
+    table = bench.protocol_speed(repeats=1, rounds=1, n_clients=3, model="logistic", lrs=(0.1,), server_lrs=(1.0,))
     assert list(table["mode"]) == ["one by one", "lockstep"] and (table["median_s"] > 0).all()
     assert table["runs"][0] == 4 * 3 + 4 and table["max_acc_gap"][0] < 1e-6 and protocol.LOCKSTEP

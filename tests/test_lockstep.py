@@ -224,3 +224,17 @@ def test_chunks_of_stacked_runs_train_side_by_side_to_the_same_bits(digits_data)
     assert BatchedExecutor().workers_for(Cohort(fed.x_train, fed.y_train, index)) == 1  # one cohort: one thread
     with pytest.raises(ValueError, match="workers"):
         BatchedExecutor(workers=0)
+
+
+def test_an_attacked_run_matches_its_single_run(digits_data):
+    from flbook.attacks import Adversary, Attack
+
+    def adversary():
+        return Adversary(Attack("gaussian"), f=2, seed=3)
+    alone = make(digits_data, 1, 0.1).run(FedAvg(), ROUNDS, adversary=adversary(), progress=False)
+    clean = make(digits_data, 0, 0.1).run(FedAvg(), ROUNDS, progress=False)
+    stepped = L.lockstep([L.Run(make(digits_data, 0, 0.1), FedAvg()),
+                          L.Run(make(digits_data, 1, 0.1), FedAvg(), adversary=adversary())], ROUNDS, progress=False)
+    assert_same(clean, stepped[0])
+    assert_same(alone, stepped[1])
+    assert stepped[1].attrs["byzantine"] == alone.attrs["byzantine"] and "byzantine" not in stepped[0].attrs
