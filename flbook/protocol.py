@@ -7,6 +7,8 @@
 - Controls: FedAvg with a tuned server learning rate and FedAvgM appear whenever a gain could be a step size.
 - Verdicts: per-seed differences say "holds", "does not hold" or "inconclusive" by one documented rule, and the
   "paper vs this notebook" table is built from them.
+- Speed: seeds and grid points batch like clients: `run_all` trains the uncached runs of one task shape in
+  lockstep (`flbook.lockstep`), with the same histories as one by one.
 
 A chapter describes its task by one function `make_federation(dataset, seed, lr) -> Federation` and each method
 by a factory: `lambda server_lr: FedAvg(server_lr=server_lr)` when it has a server learning rate to tune,
