@@ -6,6 +6,7 @@
     python -m flbook.bench --limit         # also FLOPs per round and the fraction of the machine's matmul rate
     python -m flbook.bench --reader        # only what a reader waits for: each panel's Run, each notebook's run
     python -m flbook.bench --flower        # only the side-by-side FedAvg task against Flower (needs '.[flower]')
+    python -m flbook.bench --protocol      # only one protocol.compare, its runs one by one vs in lockstep
 
 Each round trains M clients for K=5 local steps of batch B=32 on MNIST-shaped inputs (1x28x28; the
 values do not matter for timing). Centralized training runs the same M*K minibatches through one
@@ -29,6 +30,11 @@ What a reader waits for (`--reader`): for every chapter's control panel (and the
 chapters 00-02), the seconds from pressing Run at its default settings to the figure, in this process; and
 for every notebook, the seconds `jupyter nbconvert --execute` takes to run it in a fresh kernel on the CPU.
 Targets on 2 cores: a panel's figure within 5 s, a notebook within 60 s.
+
+The experiment protocol (`--protocol`): one `protocol.compare` of FedAvg and SCAFFOLD with both step-size controls
+on digits (20 Dirichlet(0.5) clients, the MLP, 30 rounds, 3 seeds, the default grids, an empty run cache each
+time), its runs trained one by one and in lockstep (`protocol.LOCKSTEP`), alternating, medians of the repeats;
+the two must choose the same step sizes and end at the same accuracies.
 """
 from __future__ import annotations
 
@@ -294,6 +300,45 @@ def gossip_round(device: torch.device, n_nodes: int = 1000, repeats: int = 3) ->
                           "gossip_round_s": gossip_s, "gossip/fedavg": gossip_s / fedavg_s}])
 
 
+def protocol_speed(repeats: int = 3, rounds: int = 30, n_clients: int = 20, model: str = "mlp",
+                   **compare_kwargs) -> pd.DataFrame:
+    """Seconds of one `protocol.compare` (FedAvg vs SCAFFOLD with controls on digits) one by one vs in lockstep."""
+    from . import protocol
+    from .algorithms import Scaffold
+    from .data import digits
+    from .partition import dirichlet
+
+    data = digits()
+
+    def make(dataset: Dataset, seed: int, lr: float) -> Federation:
+        return Federation(dataset, dirichlet(dataset.y_train, n_clients, 0.5, seed=seed), model, lr=lr, seed=seed)
+
+    methods = {"FedAvg": lambda: FedAvg(), "SCAFFOLD": lambda server_lr: Scaffold(server_lr=server_lr)}
+    times: dict[str, list[float]] = {"one by one": [], "lockstep": []}
+    results = {}
+    before = protocol.LOCKSTEP
+    try:
+        for _ in range(repeats):
+            for mode in times:
+                protocol.LOCKSTEP = mode == "lockstep"
+                protocol.clear_cache()
+                start = time.perf_counter()
+                results[mode] = protocol.compare(data, make, methods, rounds=rounds, **compare_kwargs)
+                times[mode].append(time.perf_counter() - start)
+    finally:
+        protocol.LOCKSTEP = before
+        protocol.clear_cache()
+    one, both = results["one by one"], results["lockstep"]
+    if not one.choices().equals(both.choices()):
+        raise RuntimeError(f"lockstep chose other step sizes:\n{one.choices()}\nvs\n{both.choices()}")
+    gap = float(np.abs(one.history["test_acc"].to_numpy() - both.history["test_acc"].to_numpy()).max())
+    runs = len(one.history.groupby(["algorithm", "seed"])) + sum(len(t.scores) for t in one.tuned.values())
+    median = {mode: statistics.median(t) for mode, t in times.items()}
+    return pd.DataFrame([{"mode": mode, "runs": runs, "median_s": median[mode], "min_s": min(t), "max_s": max(t),
+                          "speedup": median["one by one"] / median[mode], "max_acc_gap": gap}
+                         for mode, t in times.items()])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: FLBOOK_DEVICE or auto)")
@@ -311,6 +356,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="only a gossip round of 1000 nodes (ring, Q=1) against a 1000-client FedAvg round")
     parser.add_argument("--reader", action="store_true",
                         help="only what a reader waits for: each panel's Run to its figure, each notebook's run")
+    parser.add_argument("--protocol", action="store_true",
+                        help="only one protocol.compare on digits, its runs one by one vs in lockstep")
     parser.add_argument("--notebooks", default=str(Path(__file__).resolve().parents[1] / "notebooks"),
                         help="the folder of notebooks --reader runs")
     parser.add_argument("--flower", action="store_true",
@@ -342,6 +389,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     threads = args.threads if args.threads == "auto" else int(args.threads)
     repeats = 2 if args.quick else args.repeats
+    if args.protocol:
+        print(f"# One protocol.compare on {machine(device)}: FedAvg vs SCAFFOLD with controls, digits, 20 clients, "
+              f"30 rounds, 3 seeds, default grids; median of {repeats}", flush=True)
+        print(_format(protocol_speed(repeats), args.markdown))
+        return
     print(f"# flbook.bench on {machine(device)}; FedAvg, K={LOCAL_STEPS} local steps, batch {BATCH}, "
           f"median of {repeats}", flush=True)
     rows = []

@@ -11,10 +11,17 @@ Unequal client dataset sizes: with `local_steps` every client takes K steps of B
 a shuffle of its own shard and starting it again when the shard is shorter than K*B (so every batch has
 the same shape). With `local_epochs` each client takes its own number of steps, ceil(E n_i / B); the
 batched executor pads to the longest and masks the padding steps (`Batches.active`).
+
+Lockstep runs (`flbook.lockstep`) stack several runs' cohorts into one: `Cohort.lr` gives each row its own local
+learning rate and `Cohort.blocks` marks each run's rows, so a shared downlink is sent as one row per run and chunks
+keep a run's clients together (a chunk inside one run computes exactly what that run alone would).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +39,9 @@ class Cohort:
     y: torch.Tensor  # (n,)
     index: torch.Tensor  # (M, K, B) sample ids per client, local step and batch position
     steps: torch.Tensor | None = None  # (M,) real steps per client when they differ (epoch mode); None: all K
+    lr: torch.Tensor | None = None  # (M,) local learning rate per client (lockstep runs); None: the context's
+    # sizes of consecutive row blocks (one per lockstep run): a shared `down` then holds one row per block (G, ...)
+    blocks: tuple[int, ...] | None = None
 
     @property
     def size(self) -> int:
@@ -48,6 +58,34 @@ def _stack(parts: list[Tensors]) -> Tensors:
 
 def _cat(parts: list[Tensors]) -> Tensors:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def chunks(sizes: tuple[int, ...], chunk: int) -> list[slice]:
+    """Row ranges of at most `chunk` rows over consecutive blocks of `sizes` rows: whole blocks are packed together,
+    and a block is split only when it alone holds more than `chunk` rows (so a block's clients train as one cohort)."""
+    out, start, end = [], 0, 0
+    for size in sizes:
+        if end > start and end - start + size > chunk:
+            out.append(slice(start, end))
+            start = end
+        if size > chunk:
+            out += [slice(a, min(a + chunk, end + size)) for a in range(end, end + size, chunk)]
+            start = end + size
+        end += size
+    if end > start:
+        out.append(slice(start, end))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _threads(workers: int) -> ThreadPoolExecutor:
+    """A pool of `workers` threads for chunks (tensor ops release the interpreter lock while they compute)."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="flbook-chunks")
+
+
+def _owners(cohort: Cohort) -> list[int] | None:
+    """The block of each row (M,), or None when the cohort has no blocks."""
+    return None if cohort.blocks is None else [g for g, n in enumerate(cohort.blocks) for _ in range(n)]
 
 
 def _is_perceptron(module: nn.Module) -> bool:
@@ -106,13 +144,15 @@ class LoopExecutor:
     def __call__(self, algo: Algorithm, down: Tensors, client_state: Tensors, cohort: Cohort, ctx: LocalContext,
                  down_per_client: bool = False) -> tuple[Tensors, Tensors]:
         ctx = dataclasses.replace(ctx, eager=True)
+        owner = _owners(cohort)
         messages, states = [], []
         for m in range(cohort.size):
             n_steps = cohort.index.shape[1] if cohort.steps is None else int(cohort.steps[m])
             index = cohort.index[m, :n_steps]  # (K_m, B)
             batches = Batches(cohort.x[index], cohort.y[index])
-            client_down = _rows(down, m) if down_per_client else down
-            message, state = algo.client_update(client_down, _rows(client_state, m), batches, ctx)
+            client_down = _rows(down, m) if down_per_client else down if owner is None else _rows(down, owner[m])
+            client_ctx = ctx if cohort.lr is None else dataclasses.replace(ctx, lr=float(cohort.lr[m]))
+            message, state = algo.client_update(client_down, _rows(client_state, m), batches, client_ctx)
             messages.append(message)
             states.append(state)
         return _stack(messages), (_stack(states) if client_state else {})
@@ -123,9 +163,20 @@ class BatchedExecutor:
 
     name = "batched"
 
-    def __init__(self, chunk_size: int | None = None, memory_budget: int | None = None):
+    def __init__(self, chunk_size: int | None = None, memory_budget: int | None = None, workers: int | None = None):
         self.chunk_size = None if chunk_size is None else V.integer("chunk_size", chunk_size, 1)
         self.memory_budget = None if memory_budget is None else V.integer("memory_budget", memory_budget, 1)  # bytes
+        self.workers = None if workers is None else V.integer("workers", workers, 1, 1024)
+
+    def workers_for(self, cohort: Cohort) -> int:
+        """CPU threads that train chunks side by side: the user's choice, else one for one cohort (as measured by
+        `python -m flbook.bench`) and every core for the stacked cohorts of lockstep runs when each op runs on one
+        thread (`Federation.thread_count`): their chunks are independent, and the same bits in any order."""
+        if self.workers is not None:
+            return self.workers
+        if cohort.blocks is None or cohort.x.device.type != "cpu" or torch.get_num_threads() > 1:
+            return 1
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     def chunk_for(self, cohort: Cohort, ctx: LocalContext) -> int:
         """Clients per chunk: the user's choice, else as many as fit the memory budget.
@@ -155,22 +206,34 @@ class BatchedExecutor:
         if _is_perceptron(ctx.model.module) and type(ctx) is LocalContext:  # a subclass keeps its own gradient
             ctx = BackpropContext(**{f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)})
 
-        def one_client(client_down, state, xb, yb, active):
-            return algo.client_update(client_down, state, Batches(xb, yb, active), ctx)
+        def one_client(chunk_ctx, client_down, state, xb, yb, active, lr):
+            client_ctx = chunk_ctx if lr is None else dataclasses.replace(chunk_ctx, lr=lr)  # lr: this client's row
+            return algo.client_update(client_down, state, Batches(xb, yb, active), client_ctx)
 
         active_all = None
         if cohort.steps is not None:
             active_all = torch.arange(n_steps, device=cohort.index.device) < cohort.steps[:, None]  # (M, K)
-        in_dims = (0 if down_per_client else None, 0, 0, 0, None if active_all is None else 0)
-        mapped = torch.func.vmap(one_client, in_dims=in_dims)
-        chunk = self.chunk_for(cohort, ctx)
-        messages, states = [], []
-        for start in range(0, cohort.size, chunk):
-            rows = slice(start, start + chunk)
+        owner, lrs = _owners(cohort), None if cohort.lr is None else cohort.lr.tolist()
+
+        def train(rows: slice) -> tuple[Tensors, Tensors]:
             index = cohort.index[rows]  # (m, K, B)
             active = None if active_all is None else active_all[rows]
-            client_down = _rows(down, rows) if down_per_client else down
-            message, state = mapped(client_down, _rows(client_state, rows), cohort.x[index], cohort.y[index], active)
-            messages.append(message)
-            states.append(state)
+            client_down, down_dim = (_rows(down, rows), 0) if down_per_client else (down, None)
+            if owner is not None and not down_per_client:  # one downlink row per block: shared within the chunk's block
+                first, last = owner[rows.start], owner[rows.stop - 1]
+                client_down, down_dim = ((_rows(down, first), None) if first == last else
+                                         (_rows(down, torch.as_tensor(owner[rows], device=index.device)), 0))
+            chunk_ctx, lr = ctx, None
+            if lrs is not None and len(set(lrs[rows])) == 1:  # one learning rate in the chunk: a plain float
+                chunk_ctx = dataclasses.replace(ctx, lr=lrs[rows.start])
+            elif lrs is not None:
+                lr = cohort.lr[rows]  # (m,)
+            in_dims = (down_dim, 0, 0, 0, None if active is None else 0, None if lr is None else 0)
+            mapped = torch.func.vmap(functools.partial(one_client, chunk_ctx), in_dims=in_dims)
+            return mapped(client_down, _rows(client_state, rows), cohort.x[index], cohort.y[index], active, lr)
+
+        parts = chunks(cohort.blocks or (cohort.size,), self.chunk_for(cohort, ctx))
+        workers = min(len(parts), self.workers_for(cohort))
+        done = list(_threads(workers).map(train, parts)) if workers > 1 else [train(rows) for rows in parts]
+        messages, states = [m for m, _ in done], [s for _, s in done]
         return _cat(messages), (_cat(states) if client_state else {})

@@ -449,6 +449,12 @@ class Federation:
         index = self.sample_batches(ids, steps, state.generator)  # (M, K, B)
         messages, client_state = self.train_cohort(state.algorithm, down, index, steps, state.client_state.get(ids),
                                                    per_client, executor or state.executor, state.ctx, state.y_train)
+        return self.send_up(state, ids, messages, client_state)
+
+    def send_up(self, state: RunState, ids: torch.Tensor, messages: Tensors,
+                client_state: Tensors) -> tuple[Tensors, torch.Tensor]:
+        """After clients `ids` trained: store their new states, carry their messages (M, ...) up over the channel and
+        let the adversary replace the Byzantine ones: (what the server holds, its senders)."""
         if client_state:
             state.client_state.put(ids, client_state)
         messages, bits = state.channel.uplink(messages, state.rng, clients=ids)
@@ -475,16 +481,19 @@ class Federation:
     def train_cohort(self, algorithm: Algorithm, down: Tensors, index: torch.Tensor, steps: torch.Tensor | None = None,
                      client_state: Tensors | None = None, down_per_client: bool = False,
                      executor: LoopExecutor | BatchedExecutor | None = None, ctx: LocalContext | None = None,
-                     y_train: torch.Tensor | None = None) -> tuple[Tensors, Tensors]:
+                     y_train: torch.Tensor | None = None, lr: torch.Tensor | None = None,
+                     blocks: tuple[int, ...] | None = None) -> tuple[Tensors, Tensors]:
         """Local training of one cohort on sample ids `index` (M, K, B): (messages (M, ...), new client states).
 
         The piece of a round that trains; also what pre-phases such as FedLEx's exploration and the drift
         measures call. `steps` (M,) marks each client's real steps; states default to the algorithm's initial;
-        `y_train` (n,) replaces the labels (a run's poisoned labels)."""
+        `y_train` (n,) replaces the labels (a run's poisoned labels). `lr` (M,) gives each client its own local
+        learning rate (default: the context's); `blocks` stacks several cohorts (lockstep runs, see
+        `executors.Cohort`)."""
         if client_state is None:
             x = self.initial_model()
             client_state = {k: v.expand(len(index), *v.shape) for k, v in algorithm.init_client_state(x).items()}
-        cohort = Cohort(self.x_train, self.y_train if y_train is None else y_train, index, steps)
+        cohort = Cohort(self.x_train, self.y_train if y_train is None else y_train, index, steps, lr, blocks)
         executor = executor or self.executor_for(algorithm)
         return executor(algorithm, down, client_state, cohort, ctx or self.context(algorithm),
                         down_per_client=down_per_client)
@@ -495,17 +504,24 @@ class Federation:
         Clients whose download or upload is lost on the channel drop out of the round; the server averages
         what arrived, weights renormalised. A round in which nothing arrives leaves the model unchanged and is
         counted in `state.empty_rounds`."""
+        down, ids = self.open_round(state)
+        messages, ids = self.collect(state, ids, down) if len(ids) else ({}, ids)
+        self.close_round(state, messages, ids)
+
+    def open_round(self, state: RunState) -> tuple[Tensors, torch.Tensor]:
+        """A round's start: its clients sampled and sent the downlink: (what arrived, the ids it reached)."""
         state.round = t = state.round + 1
         ids = torch.as_tensor(self.participation.sample(t, self.n_clients, state.rng), device=self.device)
-        down, ids = self.broadcast(state, ids)
-        if len(ids):
-            messages, ids = self.collect(state, ids, down)
+        return self.broadcast(state, ids)
+
+    def close_round(self, state: RunState, messages: Tensors, ids: torch.Tensor) -> None:
+        """A round's end: aggregate the messages that arrived from senders `ids` (none: an empty round)."""
         if len(ids) == 0:
             state.empty_rounds += 1
             return
         sizes = self.client_sizes[ids].to(state.x.dtype)
         weights = sizes / sizes.sum()  # (M,) p_i = n_i / sum_S n_j
-        info = RoundInfo(t, ids, self.n_clients, self.client_sizes)
+        info = RoundInfo(state.round, ids, self.n_clients, self.client_sizes)
         state.x, state.server_state = state.algorithm.aggregate(state.x, state.server_state, messages, weights, info)
 
     def run(self, algorithm: Algorithm, rounds: int, *, channel: Channel | None = None,

@@ -7,6 +7,8 @@
 - Controls: FedAvg with a tuned server learning rate and FedAvgM appear whenever a gain could be a step size.
 - Verdicts: per-seed differences say "holds", "does not hold" or "inconclusive" by one documented rule, and the
   "paper vs this notebook" table is built from them.
+- Speed: seeds and grid points batch like clients: `run_all` trains the uncached runs of one task shape in
+  lockstep (`flbook.lockstep`), with the same histories as one by one.
 
 A chapter describes its task by one function `make_federation(dataset, seed, lr) -> Federation` and each method
 by a factory: `lambda server_lr: FedAvg(server_lr=server_lr)` when it has a server learning rate to tune,
@@ -31,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import lockstep
 from .algorithms import FedAvg, FedAvgM
 from .algorithms.base import Algorithm
 from .data import Dataset
@@ -42,6 +45,7 @@ MIN_SEEDS = 3  # fewer seeds than this make every verdict "inconclusive"
 LRS: tuple[float, ...] = (0.03, 0.1, 0.3)  # local learning rates tried for every method
 SERVER_LRS: tuple[float, ...] = (0.5, 1.0, 2.0)  # server learning rates tried for every method that has one
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+LOCKSTEP = True  # run_all trains the runs of one task shape together; False: one by one (the benchmark's reference)
 
 MakeFederation = Callable[[Dataset, int, float], Federation]
 Factory = Callable[..., Algorithm]
@@ -171,38 +175,87 @@ def _run_key(config: RunConfig, fed: Federation, algorithm: Algorithm) -> tuple 
             config.eval_every)
 
 
-def run(config: RunConfig) -> pd.DataFrame:
-    """Train one configuration (or return its cached history); the one seam a batched runner can replace.
-
-    The history gains the columns seed, lr and server_lr; a diverged run stops with a warning and keeps its
-    rows (`attrs["diverged_at"]`). Runs are cached in this process, keyed by the built federation's full
-    configuration (data, partition, initial model, seed, step sizes, participation, channel) and the method's
-    fields; the label is not part of the key, so a control that equals a baseline reuses its run."""
+def _built(config: RunConfig) -> tuple[Federation, Algorithm, tuple | None]:
+    """The configuration's federation and method, checked, with its cache key."""
     fed = config.make_federation(config.dataset, config.seed, config.lr)
     if fed.seed != config.seed or fed.lr != config.lr:
         raise ValueError(f"make_federation(dataset, seed={config.seed}, lr={config.lr}) built a federation with "
                          f"seed={fed.seed}, lr={fed.lr}: pass both to Federation(...)")
     algorithm = config.build()
-    key = _run_key(config, fed, algorithm)
-    history = _CACHE.get(key) if key is not None else None
-    if history is None:
-        history = fed.run(algorithm, config.rounds, eval_every=config.eval_every, progress=False,
-                          on_divergence="stop", label=config.label)
-        history.attrs["partition"] = _partition_key(fed)
-        if key is not None:
-            _CACHE[key] = history
+    return fed, algorithm, _run_key(config, fed, algorithm)
+
+
+def _trained(fed: Federation, key: tuple | None, history: pd.DataFrame) -> pd.DataFrame:
+    """A freshly trained history, marked with its partition and cached under `key` (None: not cached)."""
+    history.attrs["partition"] = _partition_key(fed)
+    if key is not None:
+        _CACHE[key] = history
+    return history
+
+
+def _labelled(config: RunConfig, history: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a (possibly cached) history under the configuration's label, with its seed and step sizes."""
     attrs = dict(history.attrs)
-    history = history.assign(algorithm=config.label, seed=config.seed, lr=config.lr,  # a copy, not the cache's
-                             server_lr=config.server_lr)
+    history = history.assign(algorithm=config.label, seed=config.seed, lr=config.lr, server_lr=config.server_lr)
     history.attrs = attrs
     return history
 
 
+def run(config: RunConfig) -> pd.DataFrame:
+    """Train one configuration (or return its cached history); `run_all` trains several in lockstep.
+
+    The history gains the columns seed, lr and server_lr; a diverged run stops with a warning and keeps its
+    rows (`attrs["diverged_at"]`). Runs are cached in this process, keyed by the built federation's full
+    configuration (data, partition, initial model, seed, step sizes, participation, channel) and the method's
+    fields; the label is not part of the key, so a control that equals a baseline reuses its run."""
+    fed, algorithm, key = _built(config)
+    history = _CACHE.get(key) if key is not None else None
+    if history is None:
+        history = _trained(fed, key, fed.run(algorithm, config.rounds, eval_every=config.eval_every, progress=False,
+                                             on_divergence="stop", label=config.label))
+    return _labelled(config, history)
+
+
+def _train(configs: list[RunConfig],
+           built: list[tuple[Federation, Algorithm, tuple | None]]) -> dict[int, pd.DataFrame]:
+    """Train the configurations `run` would not find in its cache, each distinct run once: those of one task shape
+    (`lockstep.shape_key`) together in lockstep, in groups that fit `lockstep.fits`, the rest one by one."""
+    todo: dict[object, int] = {}  # a run's cache key (or its position, when it has none) -> its first config
+    for i, (_, _, key) in enumerate(built):
+        if key is None or key not in _CACHE:
+            todo.setdefault(("uncached", i) if key is None else key, i)
+    groups: dict[tuple, list[int]] = {}
+    for i in todo.values():
+        c, (fed, algorithm, _) = configs[i], built[i]
+        shape = lockstep.shape_key(fed, algorithm) if LOCKSTEP else None
+        group = ("alone", i) if shape is None else (id(c.dataset), c.rounds, c.eval_every, shape)
+        groups.setdefault(group, []).append(i)
+    trained = {}
+    for members in groups.values():
+        size = lockstep.fits(*built[members[0]][:2])
+        for part in (members[k:k + size] for k in range(0, len(members), size)):
+            c = configs[part[0]]
+            if len(part) == 1:
+                fed, algorithm, _ = built[part[0]]
+                histories = [fed.run(algorithm, c.rounds, eval_every=c.eval_every, progress=False, on_divergence="stop",
+                                     label=c.label)]
+            else:
+                histories = lockstep.lockstep([lockstep.Run(built[i][0], built[i][1], label=configs[i].label)
+                                               for i in part], c.rounds, eval_every=c.eval_every, progress=False,
+                                              on_divergence="stop")
+            trained.update({i: _trained(built[i][0], built[i][2], h) for i, h in zip(part, histories)})
+    return trained
+
+
 def run_all(configs: Iterable[RunConfig]) -> list[pd.DataFrame]:
-    """`run` for each configuration; seeds and grid points run in a loop for now. Checks that the seed changes
-    the partition of a task."""
+    """`run` for each configuration, the uncached ones trained together: seeds and grid points of one task shape
+    advance in lockstep, their cohorts stacked like clients (the same histories as one by one, up to float rounding).
+    Checks that the seed changes the partition of a task."""
     configs = list(configs)
-    histories = [run(c) for c in configs]
+    built = [_built(c) for c in configs]
+    trained = _train(configs, built)
+    histories = [_labelled(c, trained[i] if key is None else _CACHE[key])
+                 for i, (c, (_, _, key)) in enumerate(zip(configs, built))]
     by_task: dict[tuple, dict[str, int]] = {}
     for c, h in zip(configs, histories):
         if c.dataset.client_indices is not None:

@@ -62,3 +62,11 @@ def test_gossip_round_section_times_both_rounds():
     table = gossip_round(torch.device("cpu"), n_nodes=6, repeats=1)
     assert list(table.columns) == ["nodes", "params", "fedavg_round_s", "gossip_round_s", "gossip/fedavg"]
     assert table.loc[0, "nodes"] == 6 and table.loc[0, "gossip/fedavg"] > 0
+
+
+def test_protocol_section_times_both_modes_and_checks_they_agree():
+    from flbook import bench, protocol
+
+    table = bench.protocol_speed(repeats=1, rounds=1, n_clients=3, model="logistic", lrs=(0.1,), server_lrs=(1.0,))
+    assert list(table["mode"]) == ["one by one", "lockstep"] and (table["median_s"] > 0).all()
+    assert table["runs"][0] == 4 * 3 + 4 and table["max_acc_gap"][0] < 1e-6 and protocol.LOCKSTEP
