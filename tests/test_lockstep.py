@@ -238,3 +238,12 @@ def test_an_attacked_run_matches_its_single_run(digits_data):
     assert_same(clean, stepped[0])
     assert_same(alone, stepped[1])
     assert stepped[1].attrs["byzantine"] == alone.attrs["byzantine"] and "byzantine" not in stepped[0].attrs
+
+
+def test_runs_that_train_on_labels_of_their_own_are_refused(digits_data):
+    from flbook.attacks import Adversary, Attack
+
+    flipping = Adversary(Attack("label_flipping"), f=2, seed=3)
+    with pytest.raises(ValueError, match="same labels; a data-poisoning adversary"):
+        L.lockstep([L.Run(make(digits_data, 0, 0.1), FedAvg()),
+                    L.Run(make(digits_data, 1, 0.1), FedAvg(), adversary=flipping)], ROUNDS, progress=False)
