@@ -147,7 +147,20 @@ def _describe(obj) -> str | None:
     if type(obj).__repr__ is object.__repr__:
         return f"{type(obj).__qualname__}()" if not vars(obj) else None
     text = f"{type(obj).__module__}.{type(obj).__qualname__}:{obj!r}"
-    return None if " at 0x" in text or "..." in text else text
+    if " at 0x" in text or "..." in text:
+        return None
+    for f in dataclasses.fields(obj) if dataclasses.is_dataclass(obj) else ():
+        if f.repr:
+            continue
+        value = getattr(obj, f.name)  # a field the repr hides (FedLEx's guidance matrix): its bytes or no caching
+        if isinstance(value, torch.Tensor):
+            digest = hashlib.blake2b(value.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+            text += f"|{f.name}:{value.dtype}{tuple(value.shape)}:{digest}"
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            text += f"|{f.name}:{value!r}"
+        else:
+            return None
+    return text
 
 
 def _data_key(dataset: Dataset) -> tuple:
@@ -323,14 +336,15 @@ def tune(dataset: Dataset, make_federation: MakeFederation, algorithm: Factory, 
     mean of `score` over those seeds. While the best point sits at an edge of an axis with two or more values,
     that axis grows by one geometric step beyond the edge, at most `max_extensions` times per axis; an axis
     still at its edge afterwards is recorded in `at_edge` with a warning. The server grid applies only to
-    factories that take a server learning rate."""
+    factories that take a server learning rate; `server_lrs=None` keeps their server step at 1."""
     if not lrs or (server_lrs is not None and not server_lrs):
         raise ValueError("lrs and server_lrs must hold at least one value each (server_lrs may be None)")
     if max_extensions < 0:
         raise ValueError(f"max_extensions must be >= 0, got {max_extensions}")
     name = name or str(algorithm(1.0) if takes_server_lr(algorithm) else algorithm())
     grid = {"lr": sorted(set(lrs)),
-            "server_lr": sorted(set(server_lrs)) if server_lrs is not None and takes_server_lr(algorithm) else [None]}
+            "server_lr": ([None] if not takes_server_lr(algorithm) else [1.0] if server_lrs is None
+                          else sorted(set(server_lrs)))}  # server_lrs=None: a server step of 1, not tuned
     splits = {seed: validation_split(dataset, fraction, seed)[1] for seed in seeds}
     rows: dict[tuple, dict] = {}
     extended, grown = [], {"lr": 0, "server_lr": 0}

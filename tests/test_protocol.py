@@ -185,3 +185,23 @@ def test_scaffold_claim_holds_and_fails_once_its_correction_is_switched_off(digi
     lower_loss = lambda h: -window_mean(h, "test_loss", last=5).mean  # noqa: E731  (higher is better)
     assert verdict(per_seed_difference(history, "SCAFFOLD", "FedAvg", lower_loss)) == HOLDS
     assert verdict(per_seed_difference(history, "SCAFFOLD without correction", "FedAvg", lower_loss)) == FAILS
+
+
+def test_a_field_the_repr_hides_still_keys_the_run_cache(tiny):
+    import dataclasses as dc
+
+    from flbook.protocol import _describe
+
+    @dc.dataclass
+    class Guided(FedAvg):
+        guide: torch.Tensor = dc.field(default=None, repr=False)
+
+    one, other = Guided(guide=torch.zeros(3)), Guided(guide=torch.ones(3))
+    assert repr(one) == repr(other) and _describe(one) != _describe(other)
+    assert _describe(Guided(guide=torch.zeros(3))) == _describe(one)
+
+
+def test_tune_without_a_server_grid_keeps_the_server_step_at_one(tiny):
+    data, make = tiny
+    tuned = tune(data, make, lambda server_lr: FedAvg(server_lr=server_lr), rounds=1, lrs=(0.1,), server_lrs=None)
+    assert tuned.server_lr == 1.0 and list(tuned.scores["server_lr"]) == [1.0]
