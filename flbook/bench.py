@@ -247,8 +247,8 @@ def reader_panels() -> dict[str, tuple[Callable, dict, Callable]]:
     panels = {"foundations (00-02)": (widgets.compare_run(progress=False), widgets.standard_controls(),
                                       plots.accuracy_figure)}
     for name, chapter in chapter_modules().items():
-        panels[name] = (lambda values, chapter=chapter: chapter.run(values, progress=False), chapter.controls(),
-                        chapter.figure)
+        run = getattr(chapter, "stream", chapter.run)  # a panel that streams draws before its last run ends
+        panels[name] = (lambda values, run=run: run(values, progress=False), chapter.controls(), chapter.figure)
     return panels
 
 

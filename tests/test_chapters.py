@@ -57,7 +57,8 @@ def test_every_chapter_module_has_tiny_settings():
 def panel_for(name: str) -> widgets.ControlPanel:
     """The chapter's panel, its controls set to TINY (as a reader would set them), device on the CPU."""
     chapter = importlib.import_module(f"flbook.chapters.{name}")
-    panel = widgets.control_panel(run=lambda values: chapter.run(values, progress=False), controls=chapter.controls(),
+    run = getattr(chapter, "stream", chapter.run)  # a chapter that streams gives its panel the stream
+    panel = widgets.control_panel(run=lambda values: run(values, progress=False), controls=chapter.controls(),
                                   plot=chapter.figure)
     for key, value in TINY[name].items():
         panel.controls[key].value = value

@@ -7,7 +7,7 @@ centroid may zero many more entries.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -50,12 +50,19 @@ def runs(z: float, clusters: int, encoder: str, model: FlatModel,
             for c in compressors}
 
 
-def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
-    """`runs` at the panel's z, clusters, encoder and error feedback, on the federation the values describe."""
+def stream(values: Mapping[str, object], progress: bool = True) -> Iterator[pd.DataFrame]:
+    """`runs` at the panel's z, clusters, encoder and error feedback, on the federation the values describe: the
+    history so far after each uplink, so the panel draws the first curve while the others train."""
     v = {**DEFAULTS, **values}
     fed = federation_from(v)
     table = runs(float(v["z"]), int(v["clusters"]), str(v["encoder"]), fed.model, bool(v["error_feedback"]))
-    return fed.compare(table, int(v["rounds"]), progress=progress, on_divergence="stop")
+    return fed.compare_each(table, int(v["rounds"]), progress=progress, on_divergence="stop")
+
+
+def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
+    """The whole comparison of `stream`."""
+    *_, history = stream(values, progress)
+    return history
 
 
 def error_feedback_gain(values: Mapping[str, object], seeds: Sequence[int] = SEEDS, last: int = 5) -> pd.Series:
