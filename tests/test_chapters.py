@@ -34,7 +34,8 @@ TINY = {  # chapter -> control values that make its Run take a second or two
     "ch32_communication_budget": {"n_clients": 4, "rounds": 2, "algorithms": ("FedAvg",), "compression": "qsgd",
                                   "level": 4},
     "ch60_sfprompt": {"n_clients": 3, "rounds": 2, "algorithms": ("FL linear probe", "SFPrompt"), "prompts": 2},
-    "ch61_edit": {"n_workers": 2, "interval": 2, "syncs": 3, "methods": ("DiLoCo", "A-EDiT"), "seeds": 1, "tune": False},
+    "ch61_edit": {"n_workers": 2, "interval": 2, "syncs": 3, "methods": ("DiLoCo", "A-EDiT"), "seeds": 1,
+                  "tune": False},
 }
 
 

@@ -7,7 +7,7 @@ import pytest
 from flbook import protocol
 from flbook.chapters import ch61_edit as chapter
 
-TINY = {"n_workers": 3, "interval": 4, "syncs": 8, "corrupt_at": (6, 7), "seeds": 3, "tune": False, "lr": 3e-3,
+TINY = {"n_workers": 3, "interval": 2, "syncs": 7, "corrupt_at": (6, 7), "seeds": 3, "tune": False, "lr": 3e-3,
         "methods": ("DiLoCo", "EDiT")}
 
 

@@ -158,7 +158,8 @@ def time_to_target(run: pd.DataFrame, target: float) -> float:
 def differences(history: pd.DataFrame, scenario: str, method: str, baseline: str, summary) -> pd.Series:
     """summary(method) - summary(baseline) per seed in one scenario."""
     h = history[history.scenario == scenario]
-    per = {name: h[h.method == name].groupby("seed").apply(summary, include_groups=False) for name in (method, baseline)}
+    per = {name: h[h.method == name].groupby("seed").apply(summary, include_groups=False)
+           for name in (method, baseline)}
     return per[method] - per[baseline]
 
 
