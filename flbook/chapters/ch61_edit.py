@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from .. import protocol
 from ..local_sgd import Method, Penalty, markov_corpus, train
+from ..runtime import cpu_threads
 from ..transformer import causal_lm
 from ..widgets import knob
 
@@ -78,10 +79,11 @@ def _run(method: Method, v: Mapping[str, object], data: dict, held_out: str, tra
     """One stacked call of `train`; data parallel runs `interval` times as many (one-step) syncs."""
     tau = int(v["interval"])
     n = syncs * tau if method.data_parallel else syncs
-    h = train(method, model(), data[train_on], data[held_out], n_workers=int(v["n_workers"]), syncs=n,
-              batch_size=int(v["batch_size"]), lr=lrs, seed=seeds, speeds=speeds(v) if slow else None,
-              corrupt_at=tuple(c * (tau if method.data_parallel else 1) for c in v["corrupt_at"]) if corrupt else (),
-              corrupt_scale=float(v["corrupt_scale"]))
+    corrupt_at = tuple(c * (tau if method.data_parallel else 1) for c in v["corrupt_at"]) if corrupt else ()
+    with cpu_threads(1):  # many tiny products: extra intra-op threads only add synchronisation
+        h = train(method, model(), data[train_on], data[held_out], n_workers=int(v["n_workers"]), syncs=n,
+                  batch_size=int(v["batch_size"]), lr=lrs, seed=seeds, speeds=speeds(v) if slow else None,
+                  corrupt_at=corrupt_at, corrupt_scale=float(v["corrupt_scale"]))
     h["inner_steps"] = h["sync"] * (1 if method.data_parallel else tau)  # steps of a full-speed worker
     return h
 
