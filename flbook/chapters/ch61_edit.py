@@ -19,6 +19,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 from matplotlib.figure import Figure
+from tqdm.auto import tqdm
 
 from .. import protocol
 from ..local_sgd import Method, Penalty, markov_corpus, train
@@ -100,8 +101,7 @@ def choose_lrs(v: Mapping[str, object], data: dict) -> pd.DataFrame:
                      slow=False, corrupt=False)
             scores = h.groupby("lr").apply(lambda r: final_loss(r, int(v["interval"])), include_groups=False)
             chosen[key] = float(scores.idxmin())
-            at_edge = chosen[key] in (LRS[0], LRS[-1])
-            if at_edge:
+            if chosen[key] in (LRS[0], LRS[-1]):
                 warnings.warn(f"{key}: the chosen lr {chosen[key]} sits at the edge of the grid {LRS}")
             rows += [{"method": key, "lr": lr, "validation loss": s, "chosen": lr == chosen[key]}
                      for lr, s in scores.items()]
@@ -133,7 +133,7 @@ def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
     if v["corrupt"]:
         todo += [(name, m, True) for name, m in methods(v).items() if name in ROBUST]
     runs = []
-    for name, method, corrupt in _progress(todo, progress):
+    for name, method, corrupt in tqdm(todo, desc="EDiT runs", disable=not progress, leave=False):
         h = _run(method, v, data, "test", "train", syncs=int(v["syncs"]), seeds=seeds, lrs=lr[name], slow=True,
                  corrupt=corrupt)
         runs.append(h.assign(scenario="corrupted" if corrupt else "clean"))
@@ -142,13 +142,6 @@ def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
     history.attrs = {"choices": choices, "entropy": data["entropy"], "unigram": data["unigram"], "target": target,
                      "interval": int(v["interval"]), "n_workers": int(v["n_workers"])}
     return history
-
-
-def _progress(items: list, show: bool):
-    if not show:
-        return items
-    from tqdm.auto import tqdm
-    return tqdm(items, desc="runs", leave=False)
 
 
 def time_to_target(run: pd.DataFrame, target: float) -> float:
@@ -199,8 +192,9 @@ def figure(history: pd.DataFrame) -> Figure:
     fig, axes = plt.subplots(1, 3, figsize=(13.0, 3.6), layout="constrained")
     clean = history[history.scenario == "clean"].groupby(["method", "time"], as_index=False)["loss"].mean()
     sns.lineplot(data=clean, x="time", y="loss", hue="method", ax=axes[0])
-    axes[0].axhline(history.attrs["target"], color="grey", ls=":", lw=1)
-    axes[0].axhline(history.attrs["unigram"], color="grey", ls="--", lw=1)
+    axes[0].axhline(history.attrs["target"], color="grey", ls=":", lw=1, label="target")
+    axes[0].axhline(history.attrs["unigram"], color="grey", ls="--", lw=1, label="unigram loss")
+    axes[0].legend(fontsize="small")
     axes[0].set(xscale="log", xlabel="simulated time (a full-speed step = 1)", ylabel="held-out loss (nats)",
                 title="clean, one slow worker")
     bad = history[history.scenario == "corrupted"]
