@@ -16,6 +16,7 @@ With outer lr 1, momentum 0 and no penalty it is plain Local SGD (theta_hat <- m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import pandas as pd
 import torch
@@ -167,62 +168,77 @@ def adamw(theta: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor
 
 
 def train(method: Method, model, tokens: torch.Tensor, held_out: torch.Tensor, *, n_workers: int = 8, syncs: int = 50,
-          batch_size: int = 16, lr: float = 3e-3, speeds: torch.Tensor | None = None,
-          corrupt_at: tuple[int, ...] = (), corrupt_scale: float = 10.0, seed: int = 0) -> pd.DataFrame:
+          batch_size: int = 16, lr: float | Sequence[float] = 3e-3, speeds: torch.Tensor | None = None,
+          corrupt_at: tuple[int, ...] = (), corrupt_scale: float = 10.0, seed: int | Sequence[int] = 0) -> pd.DataFrame:
     """Train the causal LM `model` (a FlatModel) with M workers, each on its own shard of `tokens` (N, T).
 
     Each window between syncs, worker m takes k_m inner AdamW steps: `interval` for step-based sync, or
     floor(speed_m * time_interval) for time-based sync (A-EDiT); the window lasts max_m k_m / speed_m time units
     (step-based sync waits for the slowest worker). At the syncs in `corrupt_at`, worker 0 uses `corrupt_scale`
-    times the learning rate (the card's corruption scenario). One row per sync: time, steps, held-out loss of
-    the synced model, the weight given to worker 0 and whether it was flagged."""
+    times the learning rate (the card's corruption scenario). Several runs (a sequence of seeds and/or of learning
+    rates, broadcast against each other) are stacked like workers: (R runs x M workers, P) parameters, one vmapped
+    gradient per step. One row per run and sync: time, steps, held-out loss of the synced model, the weight given
+    to worker 0 and whether it was flagged."""
     m_workers = V.integer("n_workers", n_workers, 1)
+    seeds = [V.seed(s) for s in ((seed,) if isinstance(seed, int) else seed)]
+    lrs = [V.positive("lr", x) for x in ((lr,) if isinstance(lr, (int, float)) else lr)]
+    if len(seeds) != len(lrs) and min(len(seeds), len(lrs)) != 1:
+        raise ValueError(f"seed and lr must be single values or sequences of one length, got {seeds} and {lrs}")
+    r_runs = max(len(seeds), len(lrs))
+    seeds, lrs = seeds * (r_runs // len(seeds)), lrs * (r_runs // len(lrs))
     speeds = torch.ones(m_workers, dtype=torch.float64) if speeds is None else torch.as_tensor(speeds).double()
     if speeds.shape != (m_workers,) or not (speeds > 0).all():
         raise ValueError(f"speeds must be {m_workers} positive numbers, got {speeds.tolist()}")
-    g = torch.Generator().manual_seed(V.seed(seed))
-    shards = torch.randperm(len(tokens), generator=g).chunk(m_workers)  # worker m's sequences
-    anchor = model.init(seed)  # theta_hat (P,)
-    theta = anchor.expand(m_workers, -1).clone()  # (M, P)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    shards = [sh for g in gens for sh in torch.randperm(len(tokens), generator=g).chunk(m_workers)]  # R*M shards
+    anchor = torch.stack([model.init(s) for s in seeds])  # theta_hat of every run (R, P)
+    theta = anchor.repeat_interleave(m_workers, 0)  # (R*M, P)
     units = torch.repeat_interleave(torch.arange(len(model.numels)), torch.tensor(model.numels))  # (P,) unit of each
     n_units = len(model.numels)
-    opt = {"m": torch.zeros_like(theta), "v": torch.zeros_like(theta), "t": torch.zeros(m_workers, dtype=torch.long)}
-    velocity, detector = torch.zeros_like(anchor), detector_init(m_workers, n_units)
+    opt = {"m": torch.zeros_like(theta), "v": torch.zeros_like(theta), "t": torch.zeros(len(theta), dtype=torch.long)}
+    velocity, detector = torch.zeros_like(anchor), [detector_init(m_workers, n_units) for _ in range(r_runs)]
     grad = torch.func.vmap(torch.func.grad(lambda th, xb: next_token_loss(model(th, xb), xb)))
     if method.time_interval is None:
         steps = torch.full((m_workers,), method.interval if not method.data_parallel else 1)
     else:
         steps = torch.floor(speeds * method.time_interval).long().clamp(min=1)
     window = float((steps / speeds).max())  # time units until the last worker reaches the sync
+    lr_runs = torch.tensor(lrs, dtype=torch.float64).repeat_interleave(m_workers)  # (R*M,)
     rows, clock, done = [], 0.0, torch.zeros(m_workers, dtype=torch.long)
     for s in range(1, syncs + 1):
-        scale = torch.ones(m_workers, dtype=torch.float64)
+        scale = torch.ones(r_runs, m_workers, dtype=torch.float64)
         if s in corrupt_at:
-            scale[0] = corrupt_scale
+            scale[:, 0] = corrupt_scale
+        step_lr = lr_runs * scale.reshape(-1)  # (R*M,)
         for k in range(int(steps.max())):
-            active = k < steps  # (M,)
-            picks = torch.stack([sh[torch.randint(0, len(sh), (batch_size,), generator=g)] for sh in shards])  # (M, B)
-            grads = grad(theta, tokens[picks])  # (M, P)
-            if method.data_parallel:
-                grads = grads.mean(0).expand_as(grads)  # all-reduce of the gradients every step
+            active = (k < steps).repeat(r_runs)  # (R*M,)
+            picks = torch.stack([sh[torch.randint(0, len(sh), (batch_size,), generator=gens[i // m_workers])]
+                                 for i, sh in enumerate(shards)])  # (R*M, B)
+            grads = grad(theta, tokens[picks])  # (R*M, P)
+            if method.data_parallel:  # all-reduce of the gradients every step, within each run
+                grads = grads.view(r_runs, m_workers, -1).mean(1).repeat_interleave(m_workers, 0)
             if method.inner == "sgd":
-                theta = torch.where(active[:, None], theta - (lr * scale)[:, None].to(theta.dtype) * grads, theta)
+                theta = torch.where(active[:, None], theta - step_lr[:, None].to(theta.dtype) * grads, theta)
             else:
-                theta, opt = adamw(theta, grads, opt, active, lr * scale)
+                theta, opt = adamw(theta, grads, opt, active, step_lr)
         done += steps
-        if method.data_parallel:
-            anchor, weight0, flagged0 = theta[0].clone(), 1.0 / m_workers, False
-        else:
-            delta, weights, detector = penalized_average(anchor[None] - theta, units, n_units, detector, method.penalty)
-            anchor, velocity = outer_step(anchor, delta.to(anchor.dtype), velocity, method.outer_lr, method.momentum,
-                                          method.nesterov)
-            weight0, flagged0 = float(weights[0].mean()), bool((weights[0] == 0).all())
-            theta = anchor.expand(m_workers, -1).clone()  # every worker restarts from the synced model
         clock += window
-        with torch.no_grad():
-            loss = float(next_token_loss(model(anchor, held_out), held_out))
-        if not torch.isfinite(torch.tensor(loss)):
-            raise FloatingPointError(f"{method.name} diverged at sync {s} (held-out loss {loss})")
-        rows.append({"method": method.name, "sync": s, "time": clock, "steps": int(done.sum()), "loss": loss,
-                     "weight_0": weight0, "flagged_0": flagged0, "corrupted": s in corrupt_at, "seed": seed})
+        workers = theta.view(r_runs, m_workers, -1)  # (R, M, P)
+        for r in range(r_runs):
+            if method.data_parallel:
+                anchor[r], weight0, flagged0 = workers[r, 0], 1.0 / m_workers, False
+            else:
+                delta, weights, detector[r] = penalized_average(anchor[r][None] - workers[r], units, n_units,
+                                                                detector[r], method.penalty)
+                anchor[r], velocity[r] = outer_step(anchor[r], delta.to(anchor.dtype), velocity[r], method.outer_lr,
+                                                    method.momentum, method.nesterov)
+                weight0, flagged0 = float(weights[0].mean()), bool((weights[0] == 0).all())
+            with torch.no_grad():
+                loss = float(next_token_loss(model(anchor[r], held_out), held_out))
+            if not torch.isfinite(torch.tensor(loss)):
+                raise FloatingPointError(f"{method.name} diverged at sync {s} (held-out loss {loss}, lr {lrs[r]})")
+            rows.append({"method": method.name, "sync": s, "time": clock, "steps": int(done.sum()), "loss": loss,
+                         "weight_0": weight0, "flagged_0": flagged0, "corrupted": s in corrupt_at, "seed": seeds[r],
+                         "lr": lrs[r]})
+        theta = anchor.repeat_interleave(m_workers, 0)  # every worker restarts from its run's synced model
     return pd.DataFrame(rows)

@@ -150,19 +150,31 @@ class PositionEmbedding(nn.Module):
         return self.weight[:t]  # (T, D)
 
 
+class TokenEmbedding(nn.Embedding):
+    """Token embeddings ~ N(0, std^2): GPT-2's 0.02 keeps a tied head's initial logits near zero (loss ~ log V)."""
+
+    def __init__(self, vocab: int, dim: int, std: float):
+        self.std = std
+        super().__init__(vocab, dim)
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=self.std)
+
+
 class CausalLM(nn.Module):
     """A GPT-style language model: token + position embeddings, causal pre-norm blocks, LayerNorm, vocabulary head.
 
     Tokens arrive as a (B, T) tensor of ids, integer or float (a `Dataset` stores inputs as floats; ids below
     2^24 are exact). `readout="all"` gives next-token logits at every position, (B, T, V); `readout="last"` only
     at the last one, (B, V), so (context, next token) pairs form an ordinary classification `Dataset`.
-    A tied head reuses the token embedding matrix as the output projection (Press & Wolf 2017)."""
+    A tied head reuses the token embedding matrix as the output projection (Press & Wolf 2017). `embed_std`
+    None keeps PyTorch's N(0, 1) token embeddings; a float draws them from N(0, embed_std^2)."""
 
     def __init__(self, vocab: int, max_len: int, dim: int, depth: int, heads: int, mlp: int, tied: bool,
-                 readout: str):
+                 readout: str, embed_std: float | None = None):
         super().__init__()
         self.readout, self.tied = readout, tied
-        self.embed = nn.Embedding(vocab, dim)
+        self.embed = nn.Embedding(vocab, dim) if embed_std is None else TokenEmbedding(vocab, dim, embed_std)
         self.pos = PositionEmbedding(max_len, dim)
         self.blocks = nn.ModuleList([Block(dim, heads, mlp, causal=True) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
@@ -193,13 +205,17 @@ def vit(input_shape: tuple[int, ...], n_classes: int, *, patch: int = 2, dim: in
 
 
 def causal_lm(vocab: int, max_len: int, *, dim: int = 32, depth: int = 2, heads: int = 2, mlp: int = 64,
-              tied: bool = True, readout: str = "all") -> FlatModel:
-    """A tiny causal language model over `vocab` tokens and contexts of up to `max_len` (defaults: 2 blocks, width 32)."""
+              tied: bool = True, readout: str = "all", embed_std: float | None = None) -> FlatModel:
+    """A tiny causal language model over `vocab` tokens and contexts of up to `max_len` (defaults: 2 blocks, width 32).
+
+    `embed_std`: the token embeddings' initial standard deviation (None: PyTorch's 1; 0.02 as in GPT-2)."""
     vocab, max_len = V.integer("vocab", vocab, 2), V.integer("max_len", max_len, 1)
     dim, depth, heads, mlp = (V.integer(name, value, 1) for name, value in
                               (("dim", dim), ("depth", depth), ("heads", heads), ("mlp", mlp)))
     V.choice("readout", readout, ("all", "last"))
-    return FlatModel(CausalLM(vocab, max_len, dim, depth, heads, mlp, bool(tied), readout), "causal_lm")
+    if embed_std is not None:
+        V.positive("embed_std", embed_std)
+    return FlatModel(CausalLM(vocab, max_len, dim, depth, heads, mlp, bool(tied), readout, embed_std), "causal_lm")
 
 
 def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -93,3 +93,17 @@ def test_markov_corpus_is_seeded_and_bad_inputs_are_named():
         Method("x", inner="adam")
     with pytest.raises(ValueError, match="speeds"):
         train(Method("x"), causal_lm(6, 10), a, a, n_workers=2, syncs=1, speeds=torch.tensor([1.0]))
+
+
+def test_stacked_runs_equal_separate_runs():
+    tokens, _ = markov_corpus(64, 8, 8, seed=0)
+    model = causal_lm(8, 8, dim=16, depth=1)
+    method = Method("EDiT", interval=2, outer_lr=0.7, momentum=0.8, penalty=Penalty(warmup=1))
+    kw = dict(n_workers=3, syncs=3, batch_size=4, corrupt_at=(2,), corrupt_scale=30.0)
+    both = train(method, model, tokens, tokens[:16], seed=(0, 1), lr=(3e-3, 1e-2), **kw)
+    for seed, lr in ((0, 3e-3), (1, 1e-2)):
+        alone = train(method, model, tokens, tokens[:16], seed=seed, lr=lr, **kw)
+        mine = both[both.seed == seed].reset_index(drop=True)
+        assert torch.allclose(torch.tensor(mine.loss.to_numpy()), torch.tensor(alone.loss.to_numpy()), atol=1e-5)
+    with pytest.raises(ValueError, match="seed and lr"):
+        train(method, model, tokens, tokens[:16], seed=(0, 1), lr=(1e-3, 2e-3, 3e-3), **kw)

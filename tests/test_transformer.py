@@ -1,4 +1,6 @@
 """Tiny transformers: shapes, the causal mask, vmap over stacked parameters, and rounds through the executors."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -121,3 +123,13 @@ def test_bad_arguments_name_the_parameter():
         causal_lm(16, 8, readout="first")
     with pytest.raises(ValueError, match="vocab"):
         causal_lm(1, 8)
+
+
+def test_small_token_embeddings_start_a_tied_lm_near_log_vocab():
+    tokens = torch.randint(0, 16, (8, 12), generator=torch.Generator().manual_seed(0))
+    default, small = causal_lm(16, 12), causal_lm(16, 12, embed_std=0.02)
+    assert next_token_loss(default(default.init(0), tokens), tokens) > 5  # N(0, 1) rows: logits of size ~ dim
+    assert abs(float(next_token_loss(small(small.init(0), tokens), tokens)) - math.log(16)) < 0.05
+    assert small.unflatten(small.init(0))["embed.weight"].std() < 0.03
+    with pytest.raises(ValueError, match="embed_std"):
+        causal_lm(16, 12, embed_std=0.0)
