@@ -87,12 +87,14 @@ def fits(federation: Federation, algorithm: Algorithm) -> int:
     """How many runs of this shape one lockstep group may hold: their stacked rows (every client, a downlink, a
     state and a message per row) within `STACK_BUDGET` on a CPU, a quarter of the free memory on a GPU."""
     x = federation.initial_model()
-    per_row = sum(v.numel() for v in algorithm.downlink(x, algorithm.init_server_state(x, 1)).values())
+    server = algorithm.init_server_state(x, federation.n_clients)  # e.g. FedStale's (N, P) memory: once per run
+    per_row = sum(v.numel() for v in algorithm.downlink(x, server).values())
     per_row += 2 * sum(v.numel() for v in algorithm.init_client_state(x).values()) + 2 * x.numel()  # states, messages
+    per_run = per_row * federation.n_clients + sum(v.numel() for v in server.values())
     budget = STACK_BUDGET
     if federation.device.type == "cuda":
         budget = torch.cuda.mem_get_info(federation.device)[0] // 4
-    return max(1, budget // (per_row * x.element_size() * federation.n_clients))
+    return max(1, budget // (per_run * x.element_size()))
 
 
 def _checked(runs: Sequence[Run]) -> list[Run]:

@@ -156,7 +156,8 @@ def _describe(obj) -> str | None:
         if isinstance(value, torch.Tensor):
             digest = hashlib.blake2b(value.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
             text += f"|{f.name}:{value.dtype}{tuple(value.shape)}:{digest}"
-        elif value is None or isinstance(value, (bool, int, float, str)):
+        elif value is None or isinstance(value, (bool, int, float, str)) or (
+                isinstance(value, tuple) and all(isinstance(v, (bool, int, float, str)) for v in value)):
             text += f"|{f.name}:{value!r}"
         else:
             return None

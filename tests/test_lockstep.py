@@ -247,3 +247,11 @@ def test_runs_that_train_on_labels_of_their_own_are_refused(digits_data):
     with pytest.raises(ValueError, match="same labels; a data-poisoning adversary"):
         L.lockstep([L.Run(make(digits_data, 0, 0.1), FedAvg()),
                     L.Run(make(digits_data, 1, 0.1), FedAvg(), adversary=flipping)], ROUNDS, progress=False)
+
+
+def test_a_group_size_counts_server_state_held_per_client(digits_data):
+    from flbook.algorithms import FedStale
+
+    fed = make(digits_data, 0, 0.1)
+    known = FedStale(beta=0.5, probabilities=(0.5,) * fed.n_clients)  # its server state is (N, P)
+    assert 1 <= L.fits(fed, known) < L.fits(fed, FedAvg())
