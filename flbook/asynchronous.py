@@ -42,7 +42,7 @@ from .attacks import Adversary
 from .clock import TOLERANCE, VirtualClock
 from .devices import Devices
 from .executors import LoopExecutor
-from .federation import Federation, report_divergence, report_empty_rounds
+from .federation import Federation, report_attack, report_divergence, report_empty_rounds
 from .history import row as history_row
 from .participation import Participation
 from .runtime import cpu_threads
@@ -110,8 +110,7 @@ class AsyncFederation:
         self.updates[label] = pd.DataFrame(run.log, columns=["algorithm", "round", "sim_time", "client", "staleness",
                                                              "weight"])
         history.attrs["lost_updates"] = run.lost
-        if adversary is not None:
-            history.attrs.update(byzantine=run.state.byzantine.tolist(), attack=str(adversary))
+        report_attack(history, label, run.state)
         if run.state.round == 0:
             warnings.warn(f"{label}: no aggregation happened before until={until:g}; the model never changed "
                           f"(the fastest job takes {run.job_time.min().item():g} time units)", RuntimeWarning,

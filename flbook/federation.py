@@ -131,6 +131,7 @@ class RunState:
     bits_up: int = 0
     bits_down: int = 0
     empty_rounds: int = 0  # rounds in which no update reached the server
+    unattacked: int = 0  # rounds in which every sender was Byzantine: no honest message to craft an attack from
 
 
 def report_divergence(history: pd.DataFrame, what: str, at: int, lr: float, on_divergence: str) -> None:
@@ -143,6 +144,18 @@ def report_divergence(history: pd.DataFrame, what: str, at: int, lr: float, on_d
         raise DivergenceError(message)
     warnings.warn(message, RuntimeWarning, stacklevel=3)
     history.attrs["diverged_at"] = at
+
+
+def report_attack(history: pd.DataFrame, label: str, state: RunState) -> None:
+    """Name the Byzantine clients and the attack in `history.attrs`; warn of rounds that could not be attacked."""
+    if state.adversary is None:
+        return
+    history.attrs.update(byzantine=state.byzantine.tolist(), attack=str(state.adversary),
+                         unattacked_rounds=state.unattacked)
+    if state.unattacked:
+        warnings.warn(f"{label}: in {state.unattacked} of {state.round} rounds every sender was Byzantine, so no "
+                      f"honest message was there to craft the attack from; they sent what they trained",
+                      RuntimeWarning, stacklevel=3)
 
 
 def report_empty_rounds(history: pd.DataFrame, label: str, empty: int, rounds: int, what: str = "round") -> None:
@@ -469,6 +482,7 @@ class Federation:
         bad = torch.isin(ids, state.byzantine)  # (M,)
         f = int(bad.sum())
         if f == 0 or f == len(ids):  # no attacker, or no honest message to craft an attack from: sent as trained
+            state.unattacked += f > 0
             return messages
         generator = torch.Generator().manual_seed(state.adversary.seed * 1_000_003 + state.round)  # fresh per round
         out = dict(messages)
@@ -541,8 +555,7 @@ class Federation:
                                              lambda: state.x, lambda seconds: self._row(label, state, seconds))
         history = pd.DataFrame(rows)
         self.final_models[label] = state.x
-        if adversary is not None:
-            history.attrs.update(byzantine=state.byzantine.tolist(), attack=str(adversary))
+        report_attack(history, label, state)
         report_empty_rounds(history, label, state.empty_rounds, state.round)
         if diverged_at is not None:
             report_divergence(history, f"{label} diverged at round {diverged_at}", diverged_at, self.lr, on_divergence)

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from .algorithms.base import Algorithm, Tensors
 from .attacks import Adversary
 from .channel import Channel
-from .federation import Federation, RunState, check_run, report_divergence, report_empty_rounds
+from .federation import (Federation, RunState, check_run, report_attack, report_divergence,
+                         report_empty_rounds)
 from .runtime import cpu_threads
 
 SERVER_FIELDS = frozenset({"server_lr"})  # algorithm attributes only `aggregate` reads: runs may differ in them
@@ -233,8 +234,7 @@ def _history(run: Run, label: str, state: RunState, rows: list[dict], diverged_a
     """One run's history with the attributes and warnings `Federation.run` gives it."""
     history = pd.DataFrame(rows)
     run.federation.final_models[label] = state.x
-    if run.adversary is not None:
-        history.attrs.update(byzantine=state.byzantine.tolist(), attack=str(run.adversary))
+    report_attack(history, label, state)
     report_empty_rounds(history, label, state.empty_rounds, state.round)
     if diverged_at is not None:
         report_divergence(history, f"{label} diverged at round {diverged_at}", diverged_at, run.federation.lr,

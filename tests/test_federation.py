@@ -407,3 +407,13 @@ def test_per_client_sampling_keeps_the_executors_equal(digits_data, unequal):
 def test_batch_sampling_is_checked(digits_data, unequal):
     with pytest.raises(ValueError, match="batch_sampling must be one of"):
         Federation(digits_data, unequal, "logistic", batch_sampling="per-client")
+
+
+def test_a_round_whose_every_sender_is_byzantine_is_reported_not_silently_unattacked(digits_data):
+    from flbook.attacks import Adversary, Attack
+
+    parts = equal_parts(len(digits_data.y_train), 4, 20)
+    fed = Federation(digits_data, parts, "logistic", clients_per_round=1, seed=0)
+    with pytest.warns(RuntimeWarning, match=r"rounds every sender was Byzantine"):
+        history = fed.run(FedAvg(), 8, adversary=Adversary(Attack("sign_flipping"), f=2, seed=0), progress=False)
+    assert 0 < history.attrs["unattacked_rounds"] < 8 and len(history.attrs["byzantine"]) == 2
