@@ -5,7 +5,8 @@ The package holds everything the chapters run: datasets, partitioners, models, t
 """
 from . import algorithms
 from .runtime import default_device
-from .federation import DivergenceError, Federation
+from .federation import Federation
+from .rounds import DivergenceError
 from .models import FlatModel, make_model
 from .utils import seed_everything, show_source
 

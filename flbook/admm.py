@@ -22,7 +22,7 @@ import torch
 
 from . import validation as V
 from .algorithms.base import Tensors
-from .federation import DivergenceError
+from .rounds import DivergenceError
 from .runtime import cpu_threads
 
 

@@ -42,7 +42,8 @@ from .attacks import Adversary
 from .clock import TOLERANCE, VirtualClock
 from .devices import Devices
 from .executors import LoopExecutor
-from .federation import Federation, report_attack, report_divergence, report_empty_rounds
+from .federation import Federation
+from .rounds import report_attack, report_divergence, report_empty_rounds
 from .history import row as history_row
 from .participation import Participation
 from .runtime import cpu_threads

@@ -34,7 +34,8 @@ import torch
 
 from .algorithms.base import Algorithm, LocalContext, Tensors
 from .executors import BatchedExecutor, LoopExecutor
-from .federation import Federation, check_run, report_divergence, train_rounds
+from .federation import Federation
+from .rounds import check_run, report_divergence, train_rounds
 from .participation import Participation, Uniform
 from .runtime import cpu_threads
 from .topology import TimeVarying, as_schedule, check_mixing, consensus_distance, gossip, gossip_bytes, restrict

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from .algorithms.base import Algorithm, Tensors
 from .attacks import Adversary
 from .channel import Channel
-from .federation import (Federation, RunState, check_run, report_attack, report_divergence,
-                         report_empty_rounds)
+from .federation import Federation
+from .rounds import RunState, check_run, report_attack, report_divergence, report_empty_rounds
 from .runtime import cpu_threads
 
 SERVER_FIELDS = frozenset({"server_lr"})  # algorithm attributes only `aggregate` reads: runs may differ in them

@@ -29,7 +29,8 @@ import torch
 
 from . import validation as V
 from .algorithms.base import Algorithm
-from .federation import Federation, check_run, report_divergence, train_rounds
+from .federation import Federation
+from .rounds import check_run, report_divergence, train_rounds
 from .runtime import cpu_threads
 
 LIVENESS = 3  # models an aggregator needs to proceed after its timeout (the code's fixed threshold)

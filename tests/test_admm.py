@@ -168,7 +168,7 @@ def test_bad_hyperparameters_name_the_parameter(build, message):
 
 
 def test_divergence_is_reported_with_its_iteration_instead_of_a_nan_curve():
-    from flbook.federation import DivergenceError
+    from flbook.rounds import DivergenceError
 
     with pytest.raises(DivergenceError, match=r"FedAvg diverged at iteration \d+ .*smaller lr than 1"):
         simulate(FedAvgWLS(lr=1.0), wls_problem(), 50)

@@ -25,7 +25,7 @@ LAYERS = {  # top-level module or subpackage -> layer
     "algorithms": 1,
     **dict.fromkeys(("local_learning", "auglocal", "sharpness", "saf", "frugal", "feature_reconstruction"), 1),
     **dict.fromkeys(("channel", "executors", "federation", "asynchronous", "decentralized", "split", "local_sgd",
-                     "modest", "lockstep"), 2),
+                     "modest", "lockstep", "rounds"), 2),
     **dict.fromkeys(("drift", "loss_decomposition", "admm", "protocol", "centralized", "peer_protocol"), 3),
     **dict.fromkeys(("plots", "widgets"), 4),
     "chapters": 5,

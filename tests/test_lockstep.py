@@ -10,7 +10,7 @@ from flbook import Federation, lockstep as L, protocol
 from flbook.algorithms import FedAdam, FedAMD, FedAvg, FedAvgM, FedProx, Scaffold
 from flbook.channel import CompressedChannel, NoisyChannel, top_k
 from flbook.executors import BatchedExecutor, Cohort, LoopExecutor, chunks
-from flbook.federation import DivergenceError
+from flbook.rounds import DivergenceError
 from flbook.partition import dirichlet
 
 ROUNDS = 4

@@ -22,7 +22,7 @@ import pandas as pd
 from IPython.display import display
 from matplotlib.figure import Figure
 
-from ..federation import DivergenceError
+from ..rounds import DivergenceError
 
 USER_ERRORS = (ValueError, FileNotFoundError, DivergenceError)  # shown as a one-line message, not a traceback
 DONE_CLASS = "flbook-done"  # on the panel box once a run has finished, so browser tests can wait for it
