@@ -1,22 +1,26 @@
 """Chapter 31: ADMM-based federated weighted least squares over noisy links, against FedAvg.
 
 `flbook.admm` simulates R Monte Carlo runs of every client in one tensor; this module runs the chapter's
-sweeps over noise levels (on both links, or on one) and draws the mean squared deviation (MSD) curves.
+sweeps over noise levels (on both links, or on one), measures floors and convergence per noise/scheduling seed
+for the protocol's verdicts, tunes each method's step on a held-out seed, and draws the MSD curves.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..admm import ADMMFL, FedAvgWLS, NoiseRobustADMM, WLSMethod, WLSProblem, simulate, wls_problem
+from ..admm import (DoubleReceptionADMM, DualFreeADMM, FedAvgWLS, StandardADMM, WLSMethod, WLSProblem, simulate,
+                    wls_problem)
 from ..plots import learning_curves
+from ..protocol import SEEDS
 from ..widgets import chosen, knob, selection
 
-METHODS = ("FedAvg", "ADMM-FL", "NR-ADMM", "NR-ADMM, no continual updates")
+METHODS = ("FedAvg", "ADMM, double reception", "ADMM, single reception", "ADMM + continual updates")
+VALIDATION_SEED = 100  # the noise/scheduling seed steps are tuned on; claims use protocol.SEEDS
 NOISE_OPTIONS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 LINKS = ("both", "down", "up")  # which links carry the noise
 DEFAULTS: dict[str, object] = {"noise_std": 0.01, "links": "both", "participation": 0.3, "rho": 30.0,
@@ -51,9 +55,39 @@ def methods_from(values: Mapping[str, object]) -> dict[str, WLSMethod]:
     """The methods that control values select, with their rho / FedAvg settings."""
     rho = float(values.get("rho", DEFAULTS["rho"]))
     table = {"FedAvg": FedAvgWLS(float(values.get("fedavg_lr", 0.002)), int(values.get("local_steps", 5))),
-             "ADMM-FL": ADMMFL(rho), "NR-ADMM": NoiseRobustADMM(rho),
-             "NR-ADMM, no continual updates": NoiseRobustADMM(rho, continual=False)}
+             "ADMM, double reception": DoubleReceptionADMM(rho), "ADMM, single reception": StandardADMM(rho),
+             "ADMM + continual updates": DualFreeADMM(rho, continual=True)}
     return {name: table[name] for name in chosen(values, METHODS)}
+
+
+def floors_per_seed(method: WLSMethod, problem: WLSProblem, iterations: int, *, seeds: Sequence[int] = SEEDS,
+                    last: int = 100, **links: float) -> pd.Series:
+    """Steady-state MSD in dB (mean of the `last` iterations) per noise/scheduling seed; `links` go to `simulate`."""
+    return pd.Series({seed: float(10 * np.log10(simulate(method, problem, iterations, seed=seed, **links)[-last:]
+                                                .mean())) for seed in seeds}, name=method.name)
+
+
+def iterations_to(method: WLSMethod, problem: WLSProblem, level_db: float, iterations: int, *,
+                  seeds: Sequence[int] = SEEDS, **links: float) -> pd.Series:
+    """Per seed, the first iteration from which the MSD stays below `level_db` (NaN if it is not below at the end)."""
+    def first_staying(curve: np.ndarray) -> float:
+        above = np.flatnonzero(10 * np.log10(curve) >= level_db)
+        return np.nan if len(above) and above[-1] == len(curve) - 1 else float(above[-1] + 1 if len(above) else 0)
+    return pd.Series({seed: first_staying(simulate(method, problem, iterations, seed=seed, **links).numpy())
+                      for seed in seeds}, name=method.name)
+
+
+def tune(build: Callable[[float], WLSMethod], grid: Sequence[float], problem: WLSProblem, iterations: int,
+         **links: float) -> tuple[float, pd.Series]:
+    """The grid value with the lowest floor on the held-out `VALIDATION_SEED`, and every value's floor (dB).
+
+    Raises if the best value sits at an edge of the grid, so that a caller extends the grid instead."""
+    scores = pd.Series({value: floors_per_seed(build(value), problem, iterations, seeds=(VALIDATION_SEED,),
+                                               **links).iloc[0] for value in grid})
+    best = float(scores.idxmin())
+    if len(grid) > 2 and best in (min(grid), max(grid)):
+        raise ValueError(f"the best value {best:g} sits at the edge of the grid {list(grid)}: extend the grid")
+    return best, scores
 
 
 def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
@@ -74,7 +108,8 @@ def figure(history: pd.DataFrame) -> Figure:
         ax.set(title=f"noise std {sigma:g}", ylabel="MSD (dB)" if ax is axes[0][0] else None)
         ax.set_ylim(bottom=max(ax.get_ylim()[0], -150))  # noiseless ADMM falls to float64 precision, -300 dB
         ax.get_legend().remove()
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize="small")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=4 if len(levels) > 2 else 2,
+               fontsize="small")
     return fig
 
 
