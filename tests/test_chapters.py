@@ -29,7 +29,7 @@ TINY = {  # chapter -> control values that make its Run take a second or two
     "ch22_async_fedfix": {"n_clients": 3, "time_budget": 1.0, "local_steps": 2, "buffer_size": 2},
     "ch23_unlimited_staleness": {"n_clients": 10, "rounds": 4, "delay": 2, "gi_iterations": 2, "n_rec": 2, "hidden": 8},
     "ch30_fedzip": {"n_clients": 3, "rounds": 1, "z": 0.05, "clusters": 4, "encoder": "gap"},
-    "ch31_admm_noise": {"iterations": 50, "runs": 2, "noise_std": 0.03, "participation": 0.5,
+    "ch31_admm_noise": {"iterations": 50, "runs": 2, "downlink_std": 0.03, "uplink_std": 0.001, "participation": 0.5,
                         "algorithms": ("ADMM, double reception", "ADMM, single reception")},
     "ch32_communication_budget": {"n_clients": 4, "rounds": 2, "algorithms": ("FedAvg",), "compression": "qsgd",
                                   "level": 4},
@@ -177,8 +177,8 @@ def test_admm_sweep(runs):
     from flbook.chapters import ch31_admm_noise
 
     history = runs["ch31_admm_noise"].history
-    assert set(history["noise_std"]) == {0.0, 0.03} and set(history["algorithm"]) == {"ADMM, double reception",
-                                                                                "ADMM, single reception"}
+    assert set(zip(history["downlink_std"], history["uplink_std"])) == {(0.0, 0.0), (0.03, 0.001)}
+    assert set(history["algorithm"]) == {"ADMM, double reception", "ADMM, single reception"}
     assert set(history["participation"]) == {0.5} and history["iteration"].max() == 50
     assert set(ch31_admm_noise.METHODS) == set(ch31_admm_noise.controls()["algorithms"].options)
     assert np.isfinite(history["msd_db"]).all()
