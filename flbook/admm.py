@@ -1,8 +1,9 @@
-"""Federated weighted least squares over noisy links: ADMM-based FL, its noise-robust variant, and FedAvg.
+"""Federated weighted least squares over noisy links: ADMM-based FL with one or two receptions, and FedAvg.
 
 Paper: Lari, Arablouei, Gogineni, Werner, "Noise-Robust and Resource-Efficient ADMM-based Federated Learning",
 arXiv:2409.13451 (2024), https://arxiv.org/abs/2409.13451. The paper's exact update equations were not
-available; `NoiseRobustADMM` is a reconstruction from its description (see its docstring and chapter 31).
+available and could not be reconstructed: `DualFreeADMM` eliminates the dual variable as the paper describes, but
+the result is `StandardADMM` re-parameterised; only its continual local updates are new (see chapter 31).
 
 Problem: min_w sum_k J_k(w), J_k(w) = 1/2 (y_k - X_k w)^T W_k (y_k - X_k w), with A_k = X_k^T W_k X_k and
 b_k = X_k^T W_k y_k; the exact solution is w* = (sum_k A_k)^{-1} sum_k b_k. Each iteration the server schedules
@@ -133,15 +134,46 @@ class WLSMethod(ABC):
 
 
 @dataclass
-class ADMMFL(WLSMethod):
-    """Standard ADMM-based FL (consensus ADMM, Boyd et al. 2011, Sec. 7.1, in its textbook order) with scheduling.
+class StandardADMM(WLSMethod):
+    """Standard ADMM-based FL (the card's form): one noisy reception of the global model serves both steps.
 
-    A scheduled client receives w_n, takes the primal step w_k = N_k (b_k - z_k + rho w_n), uploads
-    u_k = w_k + z_k / rho; the server averages the last upload of every client, w_{n+1} = mean_k u_k, and sends
-    w_{n+1} back to the same clients for their dual step z_k += rho (w_k - w_{n+1}): two noisy receptions."""
+    Consensus ADMM (Boyd et al. 2011, Sec. 7.1) with the dual step of the last participation taken when the next
+    global model arrives: a scheduled client receives w_hat = w_n + zeta, takes the dual step
+    z_k += rho (w_k - w_hat), the primal step w_k = N_k (b_k - z_k + rho w_hat) and uploads u_k = w_k + z_k / rho;
+    the server averages the last upload of every client, w_{n+1} = mean_k u_k."""
 
     rho: float = 30.0  # penalty; of the order of the A_k's eigenvalues suits the default problem
-    name = "ADMM-FL"
+    name = "ADMM, single reception"
+
+    def __post_init__(self) -> None:
+        self.rho = _positive_rho(self.rho)
+
+    def init_state(self, problem: WLSProblem, w: torch.Tensor) -> Tensors:
+        u = super().init_state(problem, w)["u"]
+        return {"u": u, "z": torch.zeros_like(u), "w_local": u.clone(), "N": problem.prox_inverse(self.rho)}
+
+    def iteration(self, problem: WLSProblem, state: Tensors, w: torch.Tensor, scheduled: torch.Tensor,
+                  links: NoisyLinks) -> tuple[torch.Tensor, Tensors]:
+        rho, N = self.rho, state["N"]
+        received = links.down(w, problem.n_clients)  # (R, K, L) one noisy copy of w_n per client
+        z = state["z"] + rho * (state["w_local"] - received)  # dual step with w_hat_n
+        w_local = matvec(N, problem.b - z + rho * received)  # primal step with the same w_hat_n
+        u = _where(scheduled, links.up(w_local + z / rho), state["u"])
+        return u.mean(1), {**state, "u": u, "z": _where(scheduled, z, state["z"]),
+                           "w_local": _where(scheduled, w_local, state["w_local"])}
+
+
+@dataclass
+class DoubleReceptionADMM(WLSMethod):
+    """ADMM-based FL in the textbook order with two noisy receptions per iteration, each copy used once.
+
+    A scheduled client receives w_n, takes the primal step w_k = N_k (b_k - z_k + rho w_hat_n) and uploads
+    u_k = w_k + z_k / rho; the server averages the last upload of every client and sends w_{n+1} back to the same
+    clients, whose dual step z_k += rho (w_k - w_hat'_{n+1}) uses this second, independently noisy copy. Without
+    noise and at p = 1 it is `StandardADMM`; with noise it pays for the extra reception."""
+
+    rho: float = 30.0
+    name = "ADMM, double reception"
     receptions = 2
 
     def __post_init__(self) -> None:
@@ -162,17 +194,18 @@ class ADMMFL(WLSMethod):
 
 
 @dataclass
-class NoiseRobustADMM(WLSMethod):
-    """ADMM-FL with the dual variable eliminated: one noisy global model per client and iteration (reconstruction).
+class DualFreeADMM(WLSMethod):
+    """`StandardADMM` with the dual variable eliminated, plus the paper's continual local updates (optional).
 
-    With v_k = w_k + z_k / rho (the upload) and the dual step applied when the next global model arrives,
-    z_k / rho = v_k - w_hat, the client's whole state is v_k and one received model w_hat drives both steps:
-        v_k <- v_k - w_hat + N_k (b_k + rho (2 w_hat - v_k)).
-    `continual=True`: clients that are not scheduled repeat this update with the last model they received."""
+    With v_k = w_k + z_k / rho (the upload), the dual step gives z_k / rho = v_k - w_hat, so the client's whole
+    state is v_k and one received model drives the update v_k <- v_k - w_hat + N_k (b_k + rho (2 w_hat - v_k)).
+    This is a re-parameterisation: with `continual=False` it equals `StandardADMM` to rounding, noise and
+    scheduling included. It is not the paper's noise-robust update, whose equations could not be reconstructed.
+    `continual=True`: clients that are not scheduled repeat the update with the last model they received."""
 
     rho: float = 30.0
     continual: bool = True
-    name = "NR-ADMM"
+    name = "dual-free ADMM"
 
     def __post_init__(self) -> None:
         self.rho = _positive_rho(self.rho)
@@ -254,8 +287,8 @@ def _advice(method: WLSMethod) -> str:
 
 
 # ------------------------------------------------------------------------------------ closed forms (p = 1)
-def noise_robust_dynamics(problem: WLSProblem, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """NR-ADMM at full participation as e_{n+1} = F e_n + G (zeta_n + 1 (x) mean xi_n) for e = v - v*; (F, G), (KL, KL).
+def single_reception_dynamics(problem: WLSProblem, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Single-reception ADMM at p = 1 as e_{n+1} = F e_n + G (zeta_n + 1 (x) mean xi_n), e = v - v*; (F, G), (KL, KL).
 
     From v_{n+1} = (I - rho N) v_n + (2 rho N - I) w_hat_n + N b with w_hat_n = mean_k v_n + mean xi_n + zeta_{k,n}."""
     K, L = problem.n_clients, problem.dim
@@ -267,14 +300,14 @@ def noise_robust_dynamics(problem: WLSProblem, rho: float) -> tuple[torch.Tensor
 
 
 def steady_state_msd(problem: WLSProblem, rho: float, downlink_std: float, uplink_std: float) -> float:
-    """Closed-form steady-state MSD of NR-ADMM at full participation: tr(E P E^T) + L sigma_u^2 / K, P = F P F^T + Q."""
+    """Closed-form steady-state MSD of single-reception ADMM at p = 1: tr(E P E^T) + L s_u^2 / K, P = F P F^T + Q."""
     K, L = problem.n_clients, problem.dim
-    F, G = noise_robust_dynamics(problem, rho)
+    F, G = single_reception_dynamics(problem, rho)
     if torch.linalg.eigvals(F).abs().max() >= 1:
-        raise ValueError(f"NR-ADMM does not converge in mean for rho={rho} on this problem")
+        raise ValueError(f"single-reception ADMM does not converge in mean for rho={rho} on this problem")
     eye = torch.eye(L, dtype=F.dtype)
     ones = torch.ones(K, K, dtype=F.dtype)
-    inputs = downlink_std**2 * torch.eye(K * L, dtype=F.dtype) + uplink_std**2 / K * torch.kron(ones, eye)  # cov of input
+    inputs = downlink_std**2 * torch.eye(K * L, dtype=F.dtype) + uplink_std**2 / K * torch.kron(ones, eye)  # input cov
     P, power = G @ inputs @ G.T, F
     while power.abs().max() > 1e-30:  # doubling: after j steps P sums the first 2^j terms of sum_i F^i Q F^iT
         P, power = P + power @ P @ power.T, power @ power

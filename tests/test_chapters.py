@@ -29,8 +29,8 @@ TINY = {  # chapter -> control values that make its Run take a second or two
     "ch22_async_fedfix": {"n_clients": 3, "time_budget": 1.0, "local_steps": 2, "buffer_size": 2},
     "ch23_unlimited_staleness": {"n_clients": 10, "rounds": 4, "delay": 2, "gi_iterations": 2, "n_rec": 2, "hidden": 8},
     "ch30_fedzip": {"n_clients": 3, "rounds": 1, "z": 0.05, "clusters": 4, "encoder": "gap"},
-    "ch31_admm_noise": {"iterations": 50, "runs": 2, "noise_std": 0.03, "participation": 0.5,
-                        "algorithms": ("ADMM-FL", "NR-ADMM")},
+    "ch31_admm_noise": {"iterations": 50, "runs": 2, "downlink_std": 0.03, "uplink_std": 0.001, "participation": 0.5,
+                        "algorithms": ("ADMM, double reception", "ADMM, single reception")},
     "ch32_communication_budget": {"n_clients": 4, "rounds": 2, "algorithms": ("FedAvg",), "compression": "qsgd",
                                   "level": 4},
     "ch40_byzantine": {"n_clients": 6, "f": 1, "rounds": 2, "attack": "FOE (line search)", "rule": "krum"},
@@ -193,7 +193,8 @@ def test_admm_sweep(runs):
     from flbook.chapters import ch31_admm_noise
 
     history = runs["ch31_admm_noise"].history
-    assert set(history["noise_std"]) == {0.0, 0.03} and set(history["algorithm"]) == {"ADMM-FL", "NR-ADMM"}
+    assert set(zip(history["downlink_std"], history["uplink_std"])) == {(0.0, 0.0), (0.03, 0.001)}
+    assert set(history["algorithm"]) == {"ADMM, double reception", "ADMM, single reception"}
     assert set(history["participation"]) == {0.5} and history["iteration"].max() == 50
     assert set(ch31_admm_noise.METHODS) == set(ch31_admm_noise.controls()["algorithms"].options)
     assert np.isfinite(history["msd_db"]).all()
@@ -204,7 +205,7 @@ def test_admm_noise_on_one_link_only():
     from flbook.chapters.ch31_admm_noise import error_floors, methods_from, msd_curves
 
     problem = wls_problem(n_clients=5, seed=0)
-    methods = methods_from({"algorithms": ("ADMM-FL",)})
+    methods = methods_from({"algorithms": ("ADMM, double reception",)})
     floors = {links: error_floors(msd_curves(methods, problem, 100, [0.01], links=links, runs=2), last=20).iloc[0, 0]
               for links in ("both", "down", "up")}
     assert floors["both"] > max(floors["down"], floors["up"])  # noise on both links costs more than on either
@@ -222,14 +223,15 @@ def test_budget_adds_an_uncompressed_reference(runs):
 
 
 def test_admm_curves_floors_and_figure():
-    from flbook.admm import ADMMFL, NoiseRobustADMM, wls_problem
+    from flbook.admm import DoubleReceptionADMM, StandardADMM, wls_problem
     from flbook.chapters.ch31_admm_noise import error_floors, figure, methods_from, msd_curves
 
     problem = wls_problem(n_clients=10, seed=0)
-    history = msd_curves({"ADMM-FL": ADMMFL(30.0), "NR-ADMM": NoiseRobustADMM(30.0)}, problem, 40, [0.0, 0.01], runs=2)
+    history = msd_curves({"double": DoubleReceptionADMM(30.0), "single": StandardADMM(30.0)}, problem, 40, [0.0, 0.01],
+                         runs=2)
     assert len(history) == 2 * 2 * 41 and {"algorithm", "noise_std", "iteration", "msd_db"} <= set(history.columns)
     floors = error_floors(history, last=10)
-    assert list(floors.columns) == ["ADMM-FL", "NR-ADMM"] and list(floors.index) == [0.0, 0.01]
+    assert list(floors.columns) == ["double", "single"] and list(floors.index) == [0.0, 0.01]
     assert (floors.loc[0.01] > floors.loc[0.0]).all()
     assert len(figure(history).axes) == 2
     plt.close("all")
