@@ -5,6 +5,7 @@
 #   make test                    unit tests, then every notebook under nbval
 #   make test-unit | test-notebooks | clean | distclean
 #   make test-ui                 run every notebook in JupyterLab in headless Chromium; screenshots in ui-screenshots/
+#   make test-flower             the Flower bridge's tests (Ray simulation, loopback SuperLink) in .venv-flower
 #
 # Variables: PYTHON (interpreter that creates .venv), PORT (JupyterLab's port), ARGS or LAB_ARGS
 # (extra JupyterLab options). The environment is rebuilt only when pyproject.toml changes.
@@ -30,7 +31,7 @@ NB_PARALLEL := -n $(NB_WORKERS) --dist loadfile -p notebook_times
 .PHONY: help install lab test test-unit test-notebooks test-ui clean distclean
 
 help:
-	@sed -n '3,10s/^# \{0,1\}//p' Makefile
+	@sed -n '3,11s/^# \{0,1\}//p' Makefile
 
 install: $(STAMP)
 
@@ -80,11 +81,30 @@ $(CHROMIUM):
 test-ui: $(UI_STAMP) | $(CHROMIUM)
 	$(BIN)/python -m pytest tests/ui -v --durations=0 $(UI_ARGS)
 
+# The Flower bridge in its own environment: the `flower` extra pulls Ray (about 220 MB), which the workbook never
+# needs. All of tests/test_flower.py: the in-process equality tests, the Ray Simulation Engine in its own process and a
+# SuperLink with two SuperNodes on loopback. Rebuilt only when pyproject.toml changes; flwr 1.42 needs Python >= 3.11.
+FLOWER_VENV := .venv-flower
+FLOWER_STAMP := $(FLOWER_VENV)/.flbook-installed
+
+.PHONY: test-flower
+
+$(FLOWER_VENV)/bin/python:
+	$(PYTHON) -m venv $(FLOWER_VENV)
+
+$(FLOWER_STAMP): pyproject.toml | $(FLOWER_VENV)/bin/python
+	$(FLOWER_VENV)/bin/python -m pip install torch==$(TORCH_VERSION)
+	$(FLOWER_VENV)/bin/python -m pip install -e '.[flower,test]'
+	touch $@
+
+test-flower: $(FLOWER_STAMP)
+	time env FLBOOK_DEVICE=cpu $(FLOWER_VENV)/bin/python -m pytest tests/test_flower.py -v --durations=0
+
 clean:
-	find . -path ./$(VENV) -prune -o -path ./.git -prune -o \
+	find . -path ./$(VENV) -prune -o -path ./$(FLOWER_VENV) -prune -o -path ./.git -prune -o \
 		\( -name __pycache__ -o -name .ipynb_checkpoints -o -name .pytest_cache \
 		-o -name .hypothesis -o -name '*.egg-info' \) -type d -print -exec rm -rf {} +
 	rm -rf build dist
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(FLOWER_VENV)

@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.task_identity import TaskIdentity  # not public: why pyproject pins flwr<1.43
 
 from ..executors import LoopExecutor
+from ..runtime import cpu_threads
 from .strategy import FlbookStrategy, from_record, to_record
 from .task import build_algorithm, build_federation, task_config
 
@@ -66,7 +67,8 @@ def _train(settings: Mapping[str, object], message: Message, context: Context) -
     steps = fed.steps_for(client)
     index = fed.client_batches(client, steps, key)  # (1, K, B)
     stacked = {k: v[None] for k, v in state.items()}  # (1, ...)
-    update, state = fed.train_cohort(algorithm, down, index, steps, stacked, executor=LoopExecutor())
+    with cpu_threads(fed.thread_count()):  # as Federation.run: extra intra-op threads only slow a small model
+        update, state = fed.train_cohort(algorithm, down, index, steps, stacked, executor=LoopExecutor())
     if state:
         context.state["client-state"] = to_record({k: v[0] for k, v in state.items()})
     metrics = MetricRecord({"partition-id": int(client), "num-examples": int(fed.client_sizes[client])})

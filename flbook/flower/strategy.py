@@ -16,6 +16,7 @@ from flwr.supercore import log
 from ..algorithms.base import Algorithm, RoundInfo, Tensors
 from ..federation import Federation
 from ..history import row as history_row
+from ..runtime import cpu_threads
 
 
 def to_record(tensors: Tensors) -> ArrayRecord:
@@ -103,7 +104,8 @@ class FlbookStrategy(Strategy):
 
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Server-side evaluation (Strategy.start's `evaluate_fn`): a history row of the current model."""
-        scores = self.fed.evaluate(self.x)
+        with cpu_threads(self.fed.thread_count()):  # as Federation.run
+            scores = self.fed.evaluate(self.x)
         self.rows.append(history_row(self.label, server_round, scores, 8 * self.bytes_up, 8 * self.bytes_down,
                                      time.perf_counter() - self.started))
         return MetricRecord(scores)
