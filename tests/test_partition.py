@@ -337,7 +337,7 @@ BAD_INPUTS = {
     "fractional max_redraws": (lambda: dirichlet(Y, 5, 0.5, max_redraws=1.5), "max_redraws must be an integer"),
     "inf alpha": (lambda: dirichlet(Y, 5, alpha=float("inf")), "alpha must be a finite number > 0, got inf"),
     "inner inf alpha": (lambda: inner_dirichlet(Y, [25, 25], alpha=float("inf")), "alpha .* got inf"),
-    "nan sigma": (lambda: quantity_skew(Y, 5, sigma=float("nan")), "sigma must be in \[0, 1000\], got nan"),
+    "nan sigma": (lambda: quantity_skew(Y, 5, sigma=float("nan")), r"sigma must be in \[0, 1000\], got nan"),
     "inf sigma": (lambda: quantity_skew(Y, 5, sigma=float("inf")), "sigma .* got inf"),
     "fractional sizes": (lambda: inner_dirichlet(np.repeat(np.arange(10), 100), [100.7] * 10, 0.5),
                          "sizes must be whole numbers"),
