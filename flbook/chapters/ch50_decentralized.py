@@ -17,14 +17,12 @@ from matplotlib.figure import Figure
 from ..algorithms import FedAvg
 from ..data import Dataset, load
 from ..peer_protocol import Method, gossip_method, node_federation
-from ..plots.topology import plot_graph
+from ..plots.topology import peer_curves, plot_graph
 from ..topology import TOPOLOGIES, graph_by_name
 from ..widgets import knob
 
 DEFAULTS: dict[str, object] = {"topology": "ring", "n_nodes": 16, "degree": 3, "gossip_steps": 1, "availability": 1.0,
                                "alpha": 0.1, "local_steps": 10, "lr": 0.1, "rounds": 40, "seed": 0}
-CURVES = (("test_acc", "accuracy of the averaged model"), ("local_acc", "mean accuracy of the node models"),
-          ("consensus_distance", "consensus distance (1/N) Σ‖x_i − x̄‖²"))
 
 
 def server_method(n_nodes: int, *, alpha: float, local_steps: int, participation: float = 1.0,
@@ -62,12 +60,7 @@ def figure(history: pd.DataFrame) -> Figure:
     fig, axes = plt.subplots(1, 4, figsize=(15.0, 3.6))
     if "graph" in history.attrs:
         plot_graph(history.attrs["graph"], history.attrs["distances"], ax=axes[0], label="‖x_i − x̄‖² (end)")
-    for ax, (column, title) in zip(axes[1:], CURVES):
-        for name, run in history.groupby("algorithm", sort=False):
-            ax.plot(run["round"], run[column], label=name)
-        ax.set(title=title, xlabel="round")
-    axes[3].set_yscale("symlog", linthresh=1e-3)
-    axes[1].legend(fontsize=8)
+    peer_curves(history, axes[1:])
     fig.tight_layout()
     return fig
 

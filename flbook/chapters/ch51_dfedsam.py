@@ -19,14 +19,13 @@ from ..algorithms import DFedSAM, FedAvg
 from ..data import load
 from ..federation import Federation
 from ..peer_protocol import Method, gossip_method
+from ..plots.topology import peer_curves
 from ..runtime import cpu_threads
 from ..topology import TOPOLOGIES, graph_by_name
 from ..widgets import knob
 
 DEFAULTS: dict[str, object] = {"topology": "ring", "n_nodes": 16, "rho": 0.05, "gossip_steps": 4, "alpha": 0.1,
                                "local_steps": 10, "lr": 0.3, "rounds": 30, "seed": 0}
-CURVES = (("test_acc", "accuracy of the averaged model"), ("local_acc", "mean accuracy of the node models"),
-          ("consensus_distance", "consensus distance"))
 
 
 def lineup(topology: str, n_nodes: int, *, rho: float, gossip_steps: int, alpha: float, local_steps: int,
@@ -59,12 +58,7 @@ def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
 def figure(history: pd.DataFrame) -> Figure:
     """Averaged-model accuracy, node-model accuracy and consensus distance per round, one line per method."""
     fig, axes = plt.subplots(1, 3, figsize=(13.0, 3.6))
-    for ax, (column, title) in zip(axes, CURVES):
-        for name, run in history.groupby("algorithm", sort=False):
-            ax.plot(run["round"], run[column], label=name, ls="--" if "Avg" in name else "-")
-        ax.set(title=title, xlabel="round")
-    axes[2].set_yscale("symlog", linthresh=1e-3)
-    axes[0].legend(fontsize=8)
+    peer_curves(history, axes, dashed=lambda name: "Avg" in name)
     fig.tight_layout()
     return fig
 

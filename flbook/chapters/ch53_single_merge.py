@@ -17,6 +17,7 @@ from ..algorithms import FedAvg
 from ..data import Dataset, load
 from ..decentralized import Decentralized
 from ..peer_protocol import Method, node_federation
+from ..plots.topology import peer_curves
 from ..topology import scheduled_gossip
 from ..widgets import knob
 
@@ -64,14 +65,9 @@ def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
 def figure(history: pd.DataFrame) -> Figure:
     """The node models' mean accuracy, the merged model's accuracy and the consensus distance per round."""
     fig, axes = plt.subplots(1, 3, figsize=(13.0, 3.6))
-    for ax, (column, title) in zip(axes, (("local_acc", "mean accuracy of the node models"),
-                                          ("test_acc", "accuracy of the merged model x̄"),
-                                          ("consensus_distance", "consensus distance"))):
-        for name, run in history.groupby("algorithm", sort=False):
-            ax.plot(run["round"], run[column], label=name)
-        ax.set(title=title, xlabel="round")
-    axes[2].set_yscale("symlog", linthresh=1e-3)
-    axes[0].legend(fontsize=7)
+    peer_curves(history, axes, (("local_acc", "mean accuracy of the node models"),
+                                ("test_acc", "accuracy of the merged model x̄"),
+                                ("consensus_distance", "consensus distance")), legend_size=7)
     fig.tight_layout()
     return fig
 

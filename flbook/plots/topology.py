@@ -85,3 +85,19 @@ def topology_figure(graph: Graph, W: torch.Tensor) -> Figure:
     plot_mixing(W, ax=right)
     fig.tight_layout()
     return fig
+
+
+PEER_CURVES = (("test_acc", "accuracy of the averaged model"), ("local_acc", "mean accuracy of the node models"),
+               ("consensus_distance", "consensus distance (1/N) Σ‖x_i − x̄‖²"))
+
+
+def peer_curves(history, axes, curves=PEER_CURVES, dashed=lambda name: False, legend_size: int = 8) -> None:
+    """A peer-to-peer run's curves per round on `axes`, one line per method (dashed where `dashed(name)`); the
+    consensus distance on a symlog scale, since it spans decades and reaches 0 on the complete graph."""
+    for ax, (column, title) in zip(axes, curves):
+        for name, run in history.groupby("algorithm", sort=False):
+            ax.plot(run["round"], run[column], label=name, ls="--" if dashed(name) else "-")
+        ax.set(title=title, xlabel="round")
+        if column == "consensus_distance":
+            ax.set_yscale("symlog", linthresh=1e-3)
+    axes[0].legend(fontsize=legend_size)
