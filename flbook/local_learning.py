@@ -12,6 +12,7 @@ Used by chapter 70 (AugLocal) and chapter 71 (local learning on transformers).
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from typing import Sequence
 
 import torch
@@ -19,12 +20,13 @@ from torch import nn
 from torch.nn import functional as F
 
 
-class LocalObjective(nn.Module):
+class LocalObjective(nn.Module, ABC):
     """The loss a gradient-isolated module trains on: forward(h, h_in, x, y) -> scalar, from its output h, its
     (detached) input h_in, the network input x and the labels y."""
 
+    @abstractmethod
     def forward(self, h: torch.Tensor, h_in: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The module's local loss."""
 
 
 class AuxClassifier(LocalObjective):
