@@ -163,26 +163,31 @@ def test_client_state_is_held_only_for_clients_that_trained(digits_data):
 
 
 # ------------------------------------------------------------------------------------------- an adversary
+def _recorded_run(digits_data, loop: str, rounds: int, adversary):
+    """FedAvg for `rounds` rounds (or time units) in the "sync" or "async" loop, recording the senders and the update
+    messages of every aggregation: ([(clients, deltas)], history)."""
+    seen = []
+
+    @dataclasses.dataclass(kw_only=True)
+    class Seen(FedAvg):
+        def aggregate(self, x, server_state, messages, weights, info):
+            seen.append((info.clients.clone(), messages["delta"].clone()))
+            return super().aggregate(x, server_state, messages, weights, info)
+
+    fed = _federation(digits_data, Channel())
+    if loop == "sync":
+        return seen, fed.run(Seen(), rounds, adversary=adversary, progress=False)
+    runner = AsyncFederation(fed, linear(N, 0.0, step_time=0.5))
+    return seen, runner.run(Seen(), float(rounds), adversary=adversary, eval_every=1.0, progress=False)
+
+
 def test_byzantine_messages_replace_the_senders_own_in_both_loops(digits_data):
     """Sign flipping: each Byzantine client's update is minus the mean of the honest updates that arrived."""
     from flbook.attacks import Adversary, Attack
 
     adversary = Adversary(Attack("sign_flipping"), f=1, seed=3)
     for loop in ("sync", "async"):
-        seen = []
-
-        @dataclasses.dataclass(kw_only=True)
-        class Seen(FedAvg):
-            def aggregate(self, x, server_state, messages, weights, info):
-                seen.append((info.clients.clone(), messages["delta"].clone()))
-                return super().aggregate(x, server_state, messages, weights, info)
-
-        fed = _federation(digits_data, Channel())
-        if loop == "sync":
-            history = fed.run(Seen(), 2, adversary=adversary, progress=False)
-        else:
-            history = AsyncFederation(fed, linear(N, 0.0, step_time=0.5)).run(Seen(), 2.0, adversary=adversary,
-                                                                               eval_every=1.0, progress=False)
+        seen, history = _recorded_run(digits_data, loop, 2, adversary)
         byzantine = history.attrs["byzantine"]
         assert len(byzantine) == 1 and history.attrs["attack"] == "sign_flipping by f=1"
         for clients, delta in seen:
@@ -199,20 +204,7 @@ def test_label_flipping_poisons_only_the_byzantine_clients_data_in_both_loops(di
     adversary = Adversary(Attack("label_flipping"), f=2, seed=1)
     for loop in ("sync", "async"):
         def first_round(attack):
-            seen = []
-
-            @dataclasses.dataclass(kw_only=True)
-            class Seen(FedAvg):
-                def aggregate(self, x, server_state, messages, weights, info):
-                    seen.append((info.clients.clone(), messages["delta"].clone()))
-                    return super().aggregate(x, server_state, messages, weights, info)
-
-            fed = _federation(digits_data, Channel())
-            if loop == "sync":
-                history = fed.run(Seen(), 1, adversary=attack, progress=False)
-            else:
-                history = AsyncFederation(fed, linear(N, 0.0, step_time=0.5)).run(Seen(), 1.0, adversary=attack,
-                                                                                   eval_every=1.0, progress=False)
+            seen, history = _recorded_run(digits_data, loop, 1, attack)
             return seen[0], history
 
         (clients, clean), _ = first_round(None)
