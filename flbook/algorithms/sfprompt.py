@@ -16,7 +16,7 @@ third-party code uses Adam; SGD keeps the protocol's step-size tuning alike acro
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
