@@ -12,7 +12,8 @@
 
 A chapter describes its task by one function `make_federation(dataset, seed, lr) -> Federation` and each method
 by a factory: `lambda server_lr: FedAvg(server_lr=server_lr)` when it has a server learning rate to tune,
-`lambda: FedProx(mu=0.01)` when it has none.
+`lambda: FedProx(mu=0.01)` when it has none. A variant that differs by its federation, not its algorithm (FedAvg
+over a compressed uplink), brings its own task: `compare(..., tasks={"FedAvg + top-k": with_channel(make, ...)})`.
 
     >>> methods = {"FedAvg": lambda: FedAvg(), "SCAFFOLD": lambda server_lr: Scaffold(server_lr=server_lr)}
     >>> result = compare(load("digits"), make, methods, rounds=30)
@@ -36,6 +37,7 @@ import torch
 from . import lockstep
 from .algorithms import FedAvg, FedAvgM
 from .algorithms.base import Algorithm
+from .channel import Channel
 from .data import Dataset
 from .federation import Federation
 from .history import mean_spread, per_seed_difference, window_mean
@@ -398,6 +400,16 @@ def tuned_controls(dataset: Dataset, make_federation: MakeFederation, *, rounds:
 
 
 # ---------------------------------------------------------------------------------------------- comparisons
+def with_channel(make_federation: MakeFederation, channel: Callable[[Federation], Channel]) -> MakeFederation:
+    """The task of `make_federation` over another link: `channel(federation)` builds it afresh for every run, so
+    a compressor (with its error-feedback memory) is compared as what it is, a channel, not an algorithm."""
+    def make(dataset: Dataset, seed: int, lr: float) -> Federation:
+        federation = make_federation(dataset, seed, lr)
+        federation.channel = channel(federation)
+        return federation
+    return make
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Methods tuned on validation splits, then run at their chosen step sizes on every seed (test set)."""
@@ -419,25 +431,30 @@ def compare(dataset: Dataset, make_federation: MakeFederation, methods: Mapping[
             grids: Mapping[str, Sequence[float]] | None = None, tune_rounds: int | None = None,
             tune_seeds: Sequence[int] = (0,), controls: bool = True, momentum: float = 0.9,
             fraction: float = 0.2, score: Callable[[pd.DataFrame], float] = default_score,
-            max_extensions: int = 2, eval_every: int = 1) -> Comparison:
+            max_extensions: int = 2, eval_every: int = 1, tasks: Mapping[str, MakeFederation] | None = None
+            ) -> Comparison:
     """Tune every method (and, with controls=True, FedAvg with a server lr and FedAvgM) on the same grid, then run
     each at its choice on every seed of `dataset` (full training set, test set).
 
-    `grids` gives a method a server grid of its own scale (FedAdam's eta ~ 0.01), to be kept the same size."""
+    `grids` gives a method a server grid of its own scale (FedAdam's eta ~ 0.01), to be kept the same size.
+    `tasks` gives a method a federation of its own (`with_channel`: the same task over a compressed link), used for
+    its tuning and its runs alike; the others, controls included, run on `make_federation`."""
     if len(seeds) < MIN_SEEDS:
         warnings.warn(f"{len(seeds)} seeds: every verdict will be inconclusive (a claim needs {MIN_SEEDS})",
                       RuntimeWarning, stacklevel=2)
     everything = dict(methods)
     if controls:
         everything.update({k: v for k, v in step_size_controls(momentum).items() if k not in everything})
-    unknown = set(grids or {}) - set(everything)
-    if unknown:
-        raise ValueError(f"grids names methods that are not compared: {sorted(unknown)}")
-    tuned = {name: tune(dataset, make_federation, factory, rounds=tune_rounds or rounds, lrs=lrs,
+    for option, names in (("grids", grids), ("tasks", tasks)):
+        unknown = set(names or {}) - set(everything)
+        if unknown:
+            raise ValueError(f"{option} names methods that are not compared: {sorted(unknown)}")
+    task = {name: (tasks or {}).get(name, make_federation) for name in everything}
+    tuned = {name: tune(dataset, task[name], factory, rounds=tune_rounds or rounds, lrs=lrs,
                         server_lrs=(grids or {}).get(name, server_lrs), seeds=tune_seeds, fraction=fraction,
                         score=score, max_extensions=max_extensions, name=name, eval_every=eval_every)
              for name, factory in everything.items()}
-    configs = [RunConfig(dataset, make_federation, t.algorithm, seed, t.lr, t.server_lr, rounds, name, eval_every)
+    configs = [RunConfig(dataset, task[name], t.algorithm, seed, t.lr, t.server_lr, rounds, name, eval_every)
                for name, t in tuned.items() for seed in seeds]
     return Comparison(pd.concat(run_all(configs), ignore_index=True), tuned)
 
