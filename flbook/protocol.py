@@ -459,6 +459,17 @@ def compare(dataset: Dataset, make_federation: MakeFederation, methods: Mapping[
     return Comparison(pd.concat(run_all(configs), ignore_index=True), tuned)
 
 
+def compare_channels(dataset: Dataset, make_federation: MakeFederation,
+                     channels: Mapping[str, Callable[[Federation], Channel] | None], *,
+                     algorithm: Factory = FedAvg, controls: bool = False, **compare_kwargs) -> Comparison:
+    """One algorithm over several links, by `compare`: each entry of `channels` (a builder `federation -> Channel`,
+    or None for the task's own link) is a variant with its own task (`with_channel`), tuned on the same grid and run
+    on the same seeds; without step-size controls by default, since every variant runs the same server rule."""
+    tasks = {name: with_channel(make_federation, build) for name, build in channels.items() if build is not None}
+    return compare(dataset, make_federation, dict.fromkeys(channels, algorithm), controls=controls, tasks=tasks,
+                   **compare_kwargs)
+
+
 # -------------------------------------------------------------------------------------------------- verdicts
 def verdict(differences: Sequence[float] | pd.Series, claim: str = "greater", margin: float = 0.0) -> str:
     """"holds", "does not hold" or "inconclusive" for a claim about per-seed differences d = method - baseline.

@@ -12,6 +12,7 @@ from flbook.data import Dataset
 from flbook.history import per_seed_difference, window_mean
 from flbook.partition import dirichlet
 from flbook.protocol import (FAILS, HOLDS, INCONCLUSIVE, RunConfig, claim_row, claims_table, clear_cache, compare,
+                             compare_channels,
                              federations, run, run_all, step_size_controls, tune, validation_split, verdict,
                              with_channel)
 
@@ -224,3 +225,6 @@ def test_a_variant_brings_its_own_task_a_compressed_channel_built_afresh_for_eve
     assert up["FedAvg + top-k"] < up["FedAvg"] / 3  # same algorithm and step: the cache keys the channel too
     with pytest.raises(ValueError, match="tasks names methods"):
         compare(data, make, methods, rounds=1, lrs=(0.1,), controls=False, tasks={"top-k": sparse})
+    links = compare_channels(data, make, {"FedAvg": None, "FedAvg + top-k": lambda fed: CompressedChannel(
+        top_k(0.1), layers=fed.model)}, rounds=2, lrs=(0.1, 0.3), max_extensions=0)
+    assert links.history.equals(result.history)  # the same comparison, from the cache

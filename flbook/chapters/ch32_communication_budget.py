@@ -1,7 +1,7 @@
 """Chapter 32: every compressor on one task, and the bytes each baseline costs.
 
 The byte counts are exact and need one round (or one update). The accuracy each compressor costs rests on the
-experiment protocol: every uplink, the uncompressed one included, is a channel of its own (`protocol.with_channel`)
+experiment protocol: every uplink, the uncompressed one included, is a channel of its own (`protocol.compare_channels`)
 on which FedAvg tunes its learning rate on a validation split, then runs on 3 seeds; a cost is the per-seed
 difference to FedAvg uncompressed. The panel runs the selected algorithms over the chosen compressor's uplink (with or
 without error feedback) and, for reference, uncompressed, and plots accuracy against the bytes sent.
@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .. import protocol
-from ..algorithms import BASELINES, FedAvg
+from ..algorithms import BASELINES
 from ..channel import CompressedChannel, Compressor, qsgd, top_k, uniform
 from ..data import Dataset
 from ..federation import Federation
@@ -79,11 +79,11 @@ def accuracy_costs(dataset: Dataset, names: Sequence[str] | None = None, *, spar
     LAST rounds, per-seed differences. A claim whose two uplinks were not both run is left out."""
     make = make_federation(**{**TASK, **(task or {})})
     table = {k: v for k, v in uplinks(sparse).items() if names is None or k in names}
-    tasks = {name: protocol.with_channel(make, lambda fed, c=c, ef=ef: CompressedChannel(c, layers=fed.model,
-                                                                                          error_feedback=ef))
-             for name, (c, ef) in table.items() if c is not None}
-    result = protocol.compare(dataset, make, dict.fromkeys(table, FedAvg), rounds=rounds, tune_rounds=tune_rounds,
-                              lrs=lrs, seeds=seeds, controls=False, tasks=tasks)
+    links = {name: None if c is None else lambda fed, c=c, ef=ef: CompressedChannel(c, layers=fed.model,
+                                                                                  error_feedback=ef)
+             for name, (c, ef) in table.items()}
+    result = protocol.compare_channels(dataset, make, links, rounds=rounds, tune_rounds=tune_rounds, lrs=lrs,
+                                       seeds=seeds)
     history, rows = result.history, []
     for claim, paper, variant, baseline, kind, margin in claim_list(sparse):
         if not {variant, baseline} <= set(table):
