@@ -5,6 +5,7 @@ import torch
 from flbook import protocol
 from flbook.channel import CompressedChannel
 from flbook.chapters import ch32_communication_budget as chapter
+from flbook.history import seed_budget_table
 
 TINY = dict(names=("FedAvg", "FedAvg + top-k(0.01)", "FedAvg + top-k(0.01) + EF"), rounds=10, tune_rounds=2,
             lrs=(0.4,), task={"n_clients": 5, "model": "logistic"})
@@ -22,5 +23,5 @@ def test_the_memory_claim_holds_and_fails_once_the_memory_is_ignored(broken, dig
     assert (verdicts["the memory is what recovers it"] == protocol.HOLDS) != broken
     assert verdicts["top-k(0.01) without memory costs accuracy"] == protocol.HOLDS
     assert set(result.history.seed) == set(protocol.SEEDS) and len(verdicts) == 3  # claims on absent uplinks left out
-    saved = chapter.savings(result.history)["x fewer bytes up"]
+    saved = seed_budget_table(result.history)["x fewer bytes up"]
     assert saved["FedAvg"] == 1 and (saved.drop("FedAvg") > 50).all()

@@ -17,32 +17,15 @@ from .. import protocol
 from ..algorithms import BASELINES
 from ..channel import CompressedChannel, Compressor, qsgd, top_k, uniform
 from ..data import Dataset
-from ..federation import Federation
-from ..history import is_flat, per_run, window_mean
-from ..partition import partition
 from ..plots import budget_figure
 from ..widgets import chosen, compression_channel_from, compression_controls, compressor_from, federation_from, \
     standard_controls
+from .ch30_fedzip import LRS, ROUNDS, TASK, TUNE_ROUNDS, cost_claims, make_federation  # chapter 30's task
 
 DEFAULTS: dict[str, object] = {"alpha": 0.5, "n_clients": 10, "lr": 0.2, "rounds": 30,  # SCAFFOLD diverges at 0.3
                                "algorithms": ("FedAvg", "SCAFFOLD"), "compression": "qsgd", "level": 4,
                                "error_feedback": False}
-TASK: dict[str, object] = {"alpha": 0.5, "n_clients": 10, "local_steps": 5, "batch_size": 32, "model": "mlp"}
-ROUNDS, TUNE_ROUNDS, LAST = 20, 10, 5  # rounds on the test set, rounds of tuning, the window of the last rounds
-LRS: tuple[float, ...] = (0.2, 0.4, 0.8)  # every uplink's learning-rate grid, extended where the best is at an edge
 NO_LOSS, MEMORY_GAIN = 0.01, 0.05  # "loses no accuracy": within one point; error feedback's gain: over five
-
-
-def make_federation(alpha: float = 0.5, n_clients: int = 10, local_steps: int = 5, batch_size: int = 32,
-                    model: str = "mlp") -> protocol.MakeFederation:
-    """The chapter's task as the protocol wants it: (dataset, seed, lr) -> a Dirichlet(alpha) federation whose
-    lossless channel counts every byte."""
-    def make(dataset: Dataset, seed: int, lr: float) -> Federation:
-        parts = partition("dirichlet", dataset.y_train, n_clients, seed=seed, alpha=alpha)
-        fed = Federation(dataset, parts, model, local_steps=local_steps, batch_size=batch_size, lr=lr, seed=seed)
-        fed.channel = CompressedChannel(layers=fed.model)
-        return fed
-    return make
 
 
 def uplinks(sparse: float = 0.01) -> dict[str, tuple[Compressor | None, bool]]:
@@ -84,29 +67,7 @@ def accuracy_costs(dataset: Dataset, names: Sequence[str] | None = None, *, spar
              for name, (c, ef) in table.items()}
     result = protocol.compare_channels(dataset, make, links, rounds=rounds, tune_rounds=tune_rounds, lrs=lrs,
                                        seeds=seeds)
-    history, rows = result.history, []
-    for claim, paper, variant, baseline, kind, margin in claim_list(sparse):
-        if not {variant, baseline} <= set(table):
-            continue
-        pair = history[history.algorithm.isin([variant, baseline])]
-        flat = per_run(pair, lambda h: is_flat(h, last=LAST, tolerance=0.01)).all()
-        why = (f"test accuracy over rounds {rounds - LAST + 1}-{rounds}; "
-               + ("both curves flat on every seed" if flat else "a curve still climbs: a cost at this budget"))
-        rows.append(protocol.claim_row(claim, paper, result.difference(variant, baseline,
-                                                                       lambda h: window_mean(h, last=LAST).mean),
-                                       kind=kind, margin=margin, why=why))
-    return result, protocol.claims_table(rows)
-
-
-def savings(history: pd.DataFrame, reference: str = "FedAvg") -> pd.DataFrame:
-    """Per uplink, over the seeds: the MB sent up and the saving against `reference` (mean; bytes vary a little with
-    the seed), the chosen lr, and the accuracy over the last LAST rounds as mean and spread."""
-    last = history[history["round"] == history["round"].max()]
-    by = last.groupby("algorithm", sort=False)
-    up = by.bytes_up.mean()
-    accuracy = per_run(history, lambda h: window_mean(h, "test_acc", last=LAST).mean).groupby(level=0, sort=False)
-    return pd.DataFrame({"lr": by.lr.first(), "MB up": up / 1e6, "x fewer bytes up": up[reference] / up,
-                         "accuracy": accuracy.mean(), "spread": accuracy.std(ddof=1)}).loc[list(by.groups)]
+    return result, cost_claims(result, claim_list(sparse), rounds)
 
 
 def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
