@@ -40,7 +40,7 @@ from .algorithms.base import Algorithm
 from .channel import Channel
 from .data import Dataset
 from .federation import Federation
-from .history import mean_spread, per_seed_difference, window_mean
+from .history import is_flat, mean_spread, per_run, per_seed_difference, window_mean
 
 SEEDS: tuple[int, ...] = (0, 1, 2)  # the seeds a claim rests on
 MIN_SEEDS = 3  # fewer seeds than this make every verdict "inconclusive"
@@ -516,3 +516,23 @@ def claims_table(rows: Iterable[dict]) -> pd.DataFrame:
     """The "paper vs this notebook" table from `claim_row`s."""
     table = pd.DataFrame(list(rows), columns=["claim", "paper", "this notebook", "verdict", "why"])
     return table if table["why"].astype(bool).any() else table.drop(columns="why")
+
+
+def window_claims(result: Comparison, claims: Iterable[tuple], *, last: int, column: str = "test_acc",
+                  tolerance: float = 0.01) -> pd.DataFrame:
+    """The claims table of (claim, paper, method, baseline, kind, margin) rows on a comparison's `column` over the
+    last `last` evaluations, per-seed differences; a row on a method the comparison lacks is left out, and each
+    row says whether both curves had flattened (else the claim holds at this budget, as speed)."""
+    history, rows = result.history, []
+    for claim, paper, method, baseline, kind, margin in claims:
+        if not {method, baseline} <= set(history.algorithm):
+            continue
+        pair = history[history.algorithm.isin([method, baseline])]
+        flat = per_run(pair, lambda h: is_flat(h, column, last=last, tolerance=tolerance)).all()
+        end = int(history["round"].max())
+        why = (f"{'test accuracy' if column == 'test_acc' else column} over rounds {end - last + 1}-{end}; "
+               + ("both curves flat on every seed" if flat else "a curve still moves: a difference at this budget"))
+        rows.append(claim_row(claim, paper, result.difference(method, baseline,
+                                                              lambda h: window_mean(h, column, last=last).mean),
+                              kind=kind, margin=margin, why=why))
+    return claims_table(rows)

@@ -20,7 +20,7 @@ from ..channel.compression import KMeans
 from ..channel.compression import FEDZIP_ENCODERS
 from ..data import Dataset
 from ..federation import Federation
-from ..history import is_flat, per_run, window_mean
+from ..history import window_mean
 from ..models import FlatModel
 from ..partition import partition
 from ..plots import bytes_figure
@@ -105,25 +105,7 @@ def accuracy_costs(dataset: Dataset, names: Sequence[str] | None = None, *, roun
              for name, c in uplinks().items() if names is None or name in names}
     result = protocol.compare_channels(dataset, make, links, rounds=rounds, tune_rounds=tune_rounds, lrs=lrs,
                                        seeds=seeds)
-    return result, cost_claims(result, claim_list(), rounds)
-
-
-def cost_claims(result: protocol.Comparison, claims: Sequence[tuple], rounds: int) -> pd.DataFrame:
-    """The claims table of (claim, paper, variant, baseline, kind, margin) on a comparison's test accuracy over the
-    last LAST rounds, per-seed differences; a claim on an uplink the comparison lacks is left out, and a claim on
-    curves that still climb says so."""
-    history, rows = result.history, []
-    for claim, paper, variant, baseline, kind, margin in claims:
-        if not {variant, baseline} <= set(history.algorithm):
-            continue
-        pair = history[history.algorithm.isin([variant, baseline])]
-        flat = per_run(pair, lambda h: is_flat(h, last=LAST, tolerance=0.01)).all()
-        why = (f"test accuracy over rounds {rounds - LAST + 1}-{rounds}; "
-               + ("both curves flat on every seed" if flat else "a curve still climbs: a cost at this budget"))
-        rows.append(protocol.claim_row(claim, paper, result.difference(variant, baseline,
-                                                                       lambda h: window_mean(h, last=LAST).mean),
-                                       kind=kind, margin=margin, why=why))
-    return protocol.claims_table(rows)
+    return result, protocol.window_claims(result, claim_list(), last=LAST)
 
 
 def stream(values: Mapping[str, object], progress: bool = True) -> Iterator[pd.DataFrame]:

@@ -17,15 +17,31 @@ from .. import protocol
 from ..algorithms import BASELINES
 from ..channel import CompressedChannel, Compressor, qsgd, top_k, uniform
 from ..data import Dataset
+from ..federation import Federation
+from ..partition import partition
 from ..plots import budget_figure
 from ..widgets import chosen, compression_channel_from, compression_controls, compressor_from, federation_from, \
     standard_controls
-from .ch30_fedzip import LRS, ROUNDS, TASK, TUNE_ROUNDS, cost_claims, make_federation  # chapter 30's task
 
 DEFAULTS: dict[str, object] = {"alpha": 0.5, "n_clients": 10, "lr": 0.2, "rounds": 30,  # SCAFFOLD diverges at 0.3
                                "algorithms": ("FedAvg", "SCAFFOLD"), "compression": "qsgd", "level": 4,
                                "error_feedback": False}
+TASK: dict[str, object] = {"alpha": 0.5, "n_clients": 10, "local_steps": 5, "batch_size": 32, "model": "mlp"}
+ROUNDS, TUNE_ROUNDS, LAST = 20, 10, 5  # rounds on the test set, rounds of tuning, the window of the last rounds
+LRS: tuple[float, ...] = (0.2, 0.4, 0.8)  # every uplink's learning-rate grid, extended where the best is at an edge
 NO_LOSS, MEMORY_GAIN = 0.01, 0.05  # "loses no accuracy": within one point; error feedback's gain: over five
+
+
+def make_federation(alpha: float = 0.5, n_clients: int = 10, local_steps: int = 5, batch_size: int = 32,
+                    model: str = "mlp") -> protocol.MakeFederation:
+    """The chapter's task (chapter 30's) as the protocol wants it: (dataset, seed, lr) -> a Dirichlet(alpha)
+    federation whose lossless link counts every byte."""
+    def make(dataset: Dataset, seed: int, lr: float) -> Federation:
+        parts = partition("dirichlet", dataset.y_train, n_clients, seed=seed, alpha=alpha)
+        fed = Federation(dataset, parts, model, local_steps=local_steps, batch_size=batch_size, lr=lr, seed=seed)
+        fed.channel = CompressedChannel(layers=fed.model)
+        return fed
+    return make
 
 
 def uplinks(sparse: float = 0.01) -> dict[str, tuple[Compressor | None, bool]]:
@@ -67,7 +83,7 @@ def accuracy_costs(dataset: Dataset, names: Sequence[str] | None = None, *, spar
              for name, (c, ef) in table.items()}
     result = protocol.compare_channels(dataset, make, links, rounds=rounds, tune_rounds=tune_rounds, lrs=lrs,
                                        seeds=seeds)
-    return result, cost_claims(result, claim_list(sparse), rounds)
+    return result, protocol.window_claims(result, claim_list(sparse), last=LAST)
 
 
 def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
