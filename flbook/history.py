@@ -161,3 +161,16 @@ def budget_table(history: pd.DataFrame, reference: str = "FedAvg", target: float
                    for name, run in by}
         table[f"MB up to {target:.0%}"] = pd.Series(reached).reindex(table.index)
     return table
+
+
+def seed_budget_table(history: pd.DataFrame, reference: str = "FedAvg", last: int = 5) -> pd.DataFrame:
+    """`budget_table` over seeds, per run label: its lr, the MB sent up and the saving against `reference` (means
+    over the seeds: compressed sizes vary a little with the seed), and the accuracy over the `last` evaluations as
+    mean and spread (ddof=1) over the seeds."""
+    end = history[history["round"] == history["round"].max()]
+    by = end.groupby("algorithm", sort=False)
+    up = by.bytes_up.mean()
+    accuracy = per_run(history, lambda h: window_mean(h, "test_acc", last=last).mean).groupby(level=0, sort=False)
+    table = pd.DataFrame({"lr": by.lr.first(), "MB up": up / 1e6, "x fewer bytes up": up[reference] / up,
+                          "accuracy": accuracy.mean(), "spread": accuracy.std(ddof=1)})
+    return table.loc[list(by.groups)]

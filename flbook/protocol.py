@@ -12,7 +12,8 @@
 
 A chapter describes its task by one function `make_federation(dataset, seed, lr) -> Federation` and each method
 by a factory: `lambda server_lr: FedAvg(server_lr=server_lr)` when it has a server learning rate to tune,
-`lambda: FedProx(mu=0.01)` when it has none.
+`lambda: FedProx(mu=0.01)` when it has none. A variant that differs by its federation, not its algorithm (FedAvg
+over a compressed uplink), brings its own task: `compare(..., tasks={"FedAvg + top-k": with_channel(make, ...)})`.
 
     >>> methods = {"FedAvg": lambda: FedAvg(), "SCAFFOLD": lambda server_lr: Scaffold(server_lr=server_lr)}
     >>> result = compare(load("digits"), make, methods, rounds=30)
@@ -36,9 +37,10 @@ import torch
 from . import lockstep
 from .algorithms import FedAvg, FedAvgM
 from .algorithms.base import Algorithm
+from .channel import Channel
 from .data import Dataset
 from .federation import Federation
-from .history import mean_spread, per_seed_difference, window_mean
+from .history import is_flat, mean_spread, per_run, per_seed_difference, window_mean
 
 SEEDS: tuple[int, ...] = (0, 1, 2)  # the seeds a claim rests on
 MIN_SEEDS = 3  # fewer seeds than this make every verdict "inconclusive"
@@ -398,6 +400,16 @@ def tuned_controls(dataset: Dataset, make_federation: MakeFederation, *, rounds:
 
 
 # ---------------------------------------------------------------------------------------------- comparisons
+def with_channel(make_federation: MakeFederation, channel: Callable[[Federation], Channel]) -> MakeFederation:
+    """The task of `make_federation` over another link: `channel(federation)` builds it afresh for every run, so
+    a compressor (with its error-feedback memory) is compared as what it is, a channel, not an algorithm."""
+    def make(dataset: Dataset, seed: int, lr: float) -> Federation:
+        federation = make_federation(dataset, seed, lr)
+        federation.channel = channel(federation)
+        return federation
+    return make
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Methods tuned on validation splits, then run at their chosen step sizes on every seed (test set)."""
@@ -419,27 +431,43 @@ def compare(dataset: Dataset, make_federation: MakeFederation, methods: Mapping[
             grids: Mapping[str, Sequence[float]] | None = None, tune_rounds: int | None = None,
             tune_seeds: Sequence[int] = (0,), controls: bool = True, momentum: float = 0.9,
             fraction: float = 0.2, score: Callable[[pd.DataFrame], float] = default_score,
-            max_extensions: int = 2, eval_every: int = 1) -> Comparison:
+            max_extensions: int = 2, eval_every: int = 1, tasks: Mapping[str, MakeFederation] | None = None
+            ) -> Comparison:
     """Tune every method (and, with controls=True, FedAvg with a server lr and FedAvgM) on the same grid, then run
     each at its choice on every seed of `dataset` (full training set, test set).
 
-    `grids` gives a method a server grid of its own scale (FedAdam's eta ~ 0.01), to be kept the same size."""
+    `grids` gives a method a server grid of its own scale (FedAdam's eta ~ 0.01), to be kept the same size.
+    `tasks` gives a method a federation of its own (`with_channel`: the same task over a compressed link), used for
+    its tuning and its runs alike; the others, controls included, run on `make_federation`."""
     if len(seeds) < MIN_SEEDS:
         warnings.warn(f"{len(seeds)} seeds: every verdict will be inconclusive (a claim needs {MIN_SEEDS})",
                       RuntimeWarning, stacklevel=2)
     everything = dict(methods)
     if controls:
         everything.update({k: v for k, v in step_size_controls(momentum).items() if k not in everything})
-    unknown = set(grids or {}) - set(everything)
-    if unknown:
-        raise ValueError(f"grids names methods that are not compared: {sorted(unknown)}")
-    tuned = {name: tune(dataset, make_federation, factory, rounds=tune_rounds or rounds, lrs=lrs,
+    for option, names in (("grids", grids), ("tasks", tasks)):
+        unknown = set(names or {}) - set(everything)
+        if unknown:
+            raise ValueError(f"{option} names methods that are not compared: {sorted(unknown)}")
+    task = {name: (tasks or {}).get(name, make_federation) for name in everything}
+    tuned = {name: tune(dataset, task[name], factory, rounds=tune_rounds or rounds, lrs=lrs,
                         server_lrs=(grids or {}).get(name, server_lrs), seeds=tune_seeds, fraction=fraction,
                         score=score, max_extensions=max_extensions, name=name, eval_every=eval_every)
              for name, factory in everything.items()}
-    configs = [RunConfig(dataset, make_federation, t.algorithm, seed, t.lr, t.server_lr, rounds, name, eval_every)
+    configs = [RunConfig(dataset, task[name], t.algorithm, seed, t.lr, t.server_lr, rounds, name, eval_every)
                for name, t in tuned.items() for seed in seeds]
     return Comparison(pd.concat(run_all(configs), ignore_index=True), tuned)
+
+
+def compare_channels(dataset: Dataset, make_federation: MakeFederation,
+                     channels: Mapping[str, Callable[[Federation], Channel] | None], *,
+                     algorithm: Factory = FedAvg, controls: bool = False, **compare_kwargs) -> Comparison:
+    """One algorithm over several links, by `compare`: each entry of `channels` (a builder `federation -> Channel`,
+    or None for the task's own link) is a variant with its own task (`with_channel`), tuned on the same grid and run
+    on the same seeds; without step-size controls by default, since every variant runs the same server rule."""
+    tasks = {name: with_channel(make_federation, build) for name, build in channels.items() if build is not None}
+    return compare(dataset, make_federation, dict.fromkeys(channels, algorithm), controls=controls, tasks=tasks,
+                   **compare_kwargs)
 
 
 # -------------------------------------------------------------------------------------------------- verdicts
@@ -488,3 +516,23 @@ def claims_table(rows: Iterable[dict]) -> pd.DataFrame:
     """The "paper vs this notebook" table from `claim_row`s."""
     table = pd.DataFrame(list(rows), columns=["claim", "paper", "this notebook", "verdict", "why"])
     return table if table["why"].astype(bool).any() else table.drop(columns="why")
+
+
+def window_claims(result: Comparison, claims: Iterable[tuple], *, last: int, column: str = "test_acc",
+                  tolerance: float = 0.01) -> pd.DataFrame:
+    """The claims table of (claim, paper, method, baseline, kind, margin) rows on a comparison's `column` over the
+    last `last` evaluations, per-seed differences; a row on a method the comparison lacks is left out, and each
+    row says whether both curves had flattened (else the claim holds at this budget, as speed)."""
+    history, rows = result.history, []
+    for claim, paper, method, baseline, kind, margin in claims:
+        if not {method, baseline} <= set(history.algorithm):
+            continue
+        pair = history[history.algorithm.isin([method, baseline])]
+        flat = per_run(pair, lambda h: is_flat(h, column, last=last, tolerance=tolerance)).all()
+        end = int(history["round"].max())
+        why = (f"{'test accuracy' if column == 'test_acc' else column} over rounds {end - last + 1}-{end}; "
+               + ("both curves flat on every seed" if flat else "a curve still moves: a difference at this budget"))
+        rows.append(claim_row(claim, paper, result.difference(method, baseline,
+                                                              lambda h: window_mean(h, column, last=last).mean),
+                              kind=kind, margin=margin, why=why))
+    return claims_table(rows)

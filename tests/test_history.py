@@ -75,3 +75,17 @@ def test_per_seed_difference_pairs_runs_by_seed():
 def test_mean_spread_reports_seeds_and_missing_values():
     assert mean_spread([0.1, 0.2, 0.3]) == "0.200 ± 0.100 (3 seeds)"
     assert mean_spread([0.01, 0.03, np.nan], signed=True) == "+0.020 ± 0.014 (3 seeds, 1 never)"
+
+
+def test_seed_budget_table_averages_bytes_and_spreads_accuracy_over_seeds():
+    from flbook.history import seed_budget_table
+
+    rows = [{"algorithm": name, "seed": seed, "round": r, "lr": 0.1, "test_acc": acc,
+             "bytes_up": up * (1 + seed) * r}
+            for name, up, accs in (("FedAvg", 100, (0.8, 0.9)), ("zip", 10, (0.7, 0.9)))
+            for seed, acc in enumerate(accs) for r in range(3)]
+    table = seed_budget_table(pd.DataFrame(rows), last=2)
+    assert list(table.index) == ["FedAvg", "zip"]
+    assert table.loc["zip", "x fewer bytes up"] == 10 and table.loc["FedAvg", "MB up"] == 300 / 1e6
+    assert table.loc["zip", "accuracy"] == pytest.approx(0.8)
+    assert table.loc["zip", "spread"] == pytest.approx(0.2 / math.sqrt(2))  # the sample std of 0.7 and 0.9

@@ -11,8 +11,10 @@ from flbook.algorithms import FedAvg, Scaffold
 from flbook.data import Dataset
 from flbook.history import per_seed_difference, window_mean
 from flbook.partition import dirichlet
-from flbook.protocol import (FAILS, HOLDS, INCONCLUSIVE, RunConfig, claim_row, claims_table, clear_cache, federations,
-                             run, run_all, step_size_controls, tune, validation_split, verdict)
+from flbook.protocol import (FAILS, HOLDS, INCONCLUSIVE, RunConfig, claim_row, claims_table, clear_cache, compare,
+                             compare_channels,
+                             federations, run, run_all, step_size_controls, tune, validation_split, verdict,
+                             with_channel)
 
 
 def numbered(n_train=120, n_test=30, clients=None) -> Dataset:
@@ -205,3 +207,24 @@ def test_tune_without_a_server_grid_keeps_the_server_step_at_one(tiny):
     data, make = tiny
     tuned = tune(data, make, lambda server_lr: FedAvg(server_lr=server_lr), rounds=1, lrs=(0.1,), server_lrs=None)
     assert tuned.server_lr == 1.0 and list(tuned.scores["server_lr"]) == [1.0]
+
+
+@pytest.mark.filterwarnings("ignore:.*edge of the grid")
+def test_a_variant_brings_its_own_task_a_compressed_channel_built_afresh_for_every_run(tiny):
+    from flbook.channel import CompressedChannel, top_k
+
+    data, make = tiny
+    clear_cache()
+    built = []
+    sparse = with_channel(make, lambda fed: built.append(1) or CompressedChannel(top_k(0.1), layers=fed.model))
+    methods = {"FedAvg": lambda: FedAvg(), "FedAvg + top-k": lambda: FedAvg()}
+    result = compare(data, make, methods, rounds=2, lrs=(0.1, 0.3), max_extensions=0, controls=False,
+                     tasks={"FedAvg + top-k": sparse})
+    assert len(built) == 2 + 3  # its two grid points on the validation split, then its three seeds: all compressed
+    up = result.history.groupby("algorithm").bytes_up.last()
+    assert up["FedAvg + top-k"] < up["FedAvg"] / 3  # same algorithm and step: the cache keys the channel too
+    with pytest.raises(ValueError, match="tasks names methods"):
+        compare(data, make, methods, rounds=1, lrs=(0.1,), controls=False, tasks={"top-k": sparse})
+    links = compare_channels(data, make, {"FedAvg": None, "FedAvg + top-k": lambda fed: CompressedChannel(
+        top_k(0.1), layers=fed.model)}, rounds=2, lrs=(0.1, 0.3), max_extensions=0)
+    assert links.history.equals(result.history)  # the same comparison, from the cache

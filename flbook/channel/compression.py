@@ -549,6 +549,10 @@ class CompressedChannel(Channel):
                  "error feedback" if self.error_feedback else ""]
         return ", ".join(p for p in parts if p) or "lossless"
 
+    def __repr__(self) -> str:  # everything that decides what arrives (the memory is cleared when a run starts)
+        return (f"CompressedChannel(up={self.up!r}, down={self.down!r}, layers={self.layers!r}, "
+                f"error_feedback={self.error_feedback})")
+
     def reset(self) -> None:
         """Forget every client's error-feedback memory (call before a new run)."""
         self.memory = {}

@@ -12,14 +12,18 @@ from typing import Iterator, Mapping, Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .. import protocol
 from ..algorithms import FedAvg
 from ..algorithms.base import Algorithm
 from ..channel import COMPRESSORS, CompressedChannel, Compressor, fedzip, top_k
 from ..channel.compression import KMeans
 from ..channel.compression import FEDZIP_ENCODERS
-from ..models import FlatModel
-from ..plots import bytes_figure
+from ..data import Dataset
+from ..federation import Federation
 from ..history import window_mean
+from ..models import FlatModel
+from ..partition import partition
+from ..plots import bytes_figure
 from ..protocol import SEEDS
 from ..widgets import federation_from, knob, standard_controls
 
@@ -48,6 +52,60 @@ def runs(z: float, clusters: int, encoder: str, model: FlatModel,
     return {("FedAvg" if c.lossless else f"FedAvg + {c}{suffix}"):
             (FedAvg(), CompressedChannel(c, layers=model, error_feedback=error_feedback and not c.lossless))
             for c in compressors}
+
+
+TASK: dict[str, object] = {"alpha": 0.5, "n_clients": 10, "local_steps": 5, "batch_size": 32, "model": "mlp"}
+ROUNDS, TUNE_ROUNDS, LAST = 20, 10, 5  # rounds on the test set, rounds of tuning, the window of the last rounds
+LRS: tuple[float, ...] = (0.2, 0.4, 0.8)  # every uplink's learning-rate grid, extended where the best is at an edge
+SMALL_COST = 0.02  # "close to uncompressed": within two points
+
+
+def make_federation(alpha: float = 0.5, n_clients: int = 10, local_steps: int = 5, batch_size: int = 32,
+                    model: str = "mlp") -> protocol.MakeFederation:
+    """The chapter's task as the protocol wants it: (dataset, seed, lr) -> a Dirichlet(alpha) federation whose
+    lossless link counts every byte."""
+    def make(dataset: Dataset, seed: int, lr: float) -> Federation:
+        parts = partition("dirichlet", dataset.y_train, n_clients, seed=seed, alpha=alpha)
+        fed = Federation(dataset, parts, model, local_steps=local_steps, batch_size=batch_size, lr=lr, seed=seed)
+        fed.channel = CompressedChannel(layers=fed.model)
+        return fed
+    return make
+
+
+def uplinks(z: float = 0.1, clusters: int = 3) -> dict[str, Compressor | None]:
+    """The protocol's uplinks by display name: none, top-z, k-means with free centroids, and FEDZIP (Huffman; its
+    encoders are lossless, so one trains for all of them). K-means with a zero centroid delivers what FEDZIP at
+    z = 1 delivers."""
+    compressors = [top_k(z), free_kmeans(clusters), fedzip(z, clusters)]
+    return {"FedAvg": None, **{f"FedAvg + {c}": c for c in compressors}}
+
+
+def claim_list(z: float = 0.1, clusters: int = 3) -> list[tuple]:
+    """(claim, paper, variant, baseline, kind, margin) for each accuracy claim on the uplinks of `uplinks`."""
+    zipped = f"FedAvg + {fedzip(z, clusters)}"
+    free = f"FedAvg + {free_kmeans(clusters)}"
+    return [
+        (f"FEDZIP(z={z:g}): accuracy close to uncompressed FedAvg", "Malekijoo et al. 2021", zipped, "FedAvg",
+         "within", SMALL_COST),
+        (f"{clusters} clusters suffice: k-means alone, free centroids", "Malekijoo et al. 2021 (silhouette analysis)",
+         free, "FedAvg", "within", SMALL_COST),
+        (f"top-z({z:g}) alone: accuracy close to uncompressed", "(FEDZIP's first stage)", f"FedAvg + {top_k(z)}",
+         "FedAvg", "within", SMALL_COST),
+    ]
+
+
+def accuracy_costs(dataset: Dataset, names: Sequence[str] | None = None, *, rounds: int = ROUNDS,
+                   tune_rounds: int = TUNE_ROUNDS, lrs: Sequence[float] = LRS, seeds: Sequence[int] = SEEDS,
+                   task: Mapping[str, object] | None = None) -> tuple[protocol.Comparison, pd.DataFrame]:
+    """FedAvg over the uplinks of `uplinks` (or those `names` picks) by the protocol (`protocol.compare_channels`:
+    each uplink tunes the local lr on the same grid on a validation split, then runs on every seed), and the claims
+    table on test accuracy over the last LAST rounds, per-seed differences. Claims on absent uplinks are left out."""
+    make = make_federation(**{**TASK, **(task or {})})
+    links = {name: None if c is None else lambda fed, c=c: CompressedChannel(c, layers=fed.model)
+             for name, c in uplinks().items() if names is None or name in names}
+    result = protocol.compare_channels(dataset, make, links, rounds=rounds, tune_rounds=tune_rounds, lrs=lrs,
+                                       seeds=seeds)
+    return result, protocol.window_claims(result, claim_list(), last=LAST)
 
 
 def stream(values: Mapping[str, object], progress: bool = True) -> Iterator[pd.DataFrame]:
