@@ -66,19 +66,21 @@ def seeded_init(seed: int, make: Callable[[], nn.Module]) -> nn.Module:
 
 
 def fit(build: Build, dataset: Dataset, *, seed: int, lr: float, epochs: int, batch_size: int = 64,
-        label: str = "", eval_every: int = 1, progress: bool = False, threads: int | None = 1) -> pd.DataFrame:
+        label: str = "", eval_every: int = 1, progress: bool = False, threads: int | None = 1,
+        final: bool = True) -> pd.DataFrame:
     """Train `build(dataset, seed, lr)` for `epochs` passes over shuffled minibatches; one history row per evaluation.
 
     `round` counts epochs (0: before training); `wall_time` sums the seconds spent in `step` only, so evaluation
     does not blur a speed comparison; the learner's `final` measures, if any, join the last row. A non-finite
     training loss stops the run with a warning (`attrs["diverged_at"]` = epoch), keeping the rows so far.
-    `threads` intra-op CPU threads (the appendix's models are tiny: more threads only add synchronisation)."""
+    `threads` intra-op CPU threads (the appendix's models are tiny: more threads only add synchronisation);
+    `final=False` skips the final measures (tuning scores only the held-out accuracy or loss)."""
     with cpu_threads(threads):
-        return _fit(build, dataset, seed, lr, epochs, batch_size, label, eval_every, progress)
+        return _fit(build, dataset, seed, lr, epochs, batch_size, label, eval_every, progress, final)
 
 
 def _fit(build: Build, dataset: Dataset, seed: int, lr: float, epochs: int, batch_size: int, label: str,
-         eval_every: int, progress: bool) -> pd.DataFrame:
+         eval_every: int, progress: bool, final: bool) -> pd.DataFrame:
     seed, epochs = V.seed(seed), V.integer("epochs", epochs, 1)
     batch_size, eval_every = V.integer("batch_size", batch_size, 1), V.integer("eval_every", eval_every, 1)
     lr = V.positive("lr", lr)
@@ -103,7 +105,7 @@ def _fit(build: Build, dataset: Dataset, seed: int, lr: float, epochs: int, batc
             break
         if epoch % eval_every == 0 or epoch == epochs:
             rows.append(row(label, epoch, learner.evaluate(dataset.x_test, dataset.y_test), 0, 0, seconds, **extra))
-    if diverged is None and hasattr(learner, "final"):  # measures taken once, on the trained model
+    if final and diverged is None and hasattr(learner, "final"):  # measures taken once, on the trained model
         rows[-1].update(learner.final(dataset))
     history = pd.DataFrame(rows)
     history.attrs["diverged_at"] = diverged
@@ -142,7 +144,8 @@ def tune(dataset: Dataset, build: Build, *, epochs: int, name: str, lrs: Sequenc
         for lr in grid:
             if lr not in scores:
                 scores[lr] = float(np.mean([score(fit(build, splits[s], seed=s, lr=lr, epochs=epochs,
-                                                      batch_size=batch_size, label=name)) for s in seeds]))
+                                                      batch_size=batch_size, label=name, final=False))
+                                            for s in seeds]))
         top = max(scores.values())
         best = min((lr for lr in grid if scores[lr] == top), key=lambda lr: (lr in (grid[0], grid[-1]), lr))
         if len(grid) < 2 or best not in (grid[0], grid[-1]) or len(extended) == max_extensions:

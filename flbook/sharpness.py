@@ -20,7 +20,8 @@ class SGDLearner:
 
     def __init__(self, model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4):
         self.model = model
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                         foreach=True)  # one call per step for all tensors, not one per tensor
         self.forwards = self.steps = 0  # forward passes through a model (student or teacher) and steps so far
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, epoch: int) -> torch.Tensor:

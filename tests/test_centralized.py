@@ -31,6 +31,17 @@ def test_same_seed_same_numbers_and_the_columns_plots_need(digits):
 def test_final_measures_join_the_last_row(digits):
     history = fit(sgd, digits, seed=0, lr=0.05, epochs=1, batch_size=256)
     assert history["hessian_top"].isna().tolist() == [True, False] and history["forwards_per_step"].iloc[-1] == 1
+    assert "hessian_top" not in fit(sgd, digits, seed=0, lr=0.05, epochs=1, batch_size=256, final=False)
+
+
+def test_tuning_skips_the_final_measures(digits):
+    class NoFinal(SGDLearner):
+        def final(self, dataset):
+            raise AssertionError("tuning scores the held-out accuracy only")
+
+    tuned = tune(digits, lambda data, seed, lr: NoFinal(sgd(data, seed, lr).model, lr), epochs=1, name="SGD",
+                 lrs=(0.05,), batch_size=256)
+    assert tuned.lr == 0.05 and len(tuned.scores) == 1
 
 
 def test_a_diverged_run_is_reported_and_scores_minus_infinity(digits):
