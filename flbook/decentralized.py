@@ -185,7 +185,7 @@ class Decentralized:
 
     def _row(self, label: str, state: NetworkState, seconds: float) -> dict:
         fed, X = self.fed, state.X[self.counted]  # (N_counted, P)
-        averaged = fed.evaluate(X.mean(0))
+        averaged = fed.scores(X.mean(0))  # the federation's metrics too, on the averaged model
         local = np.mean([fed.evaluate(state.X[i])["test_acc"] for i in self.eval_ids])
         return {"algorithm": label, "round": state.round, **averaged, "local_acc": float(local),
                 "consensus_distance": consensus_distance(X), "bytes_sent": state.bytes_sent,
