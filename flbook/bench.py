@@ -371,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="only the robust rules and attacks at M=100 messages of P=100,000 (flbook.bench_robust)")
     parser.add_argument("--byzfl-python", default=None,
                         help="with --robust: a Python that can import byzfl, to time ByzFL's rules in the same run")
+    parser.add_argument("--byzfl-pythonpath", default=None, help="PYTHONPATH for --byzfl-python only (stub packages)")
     parser.add_argument("--flower-rounds", type=int, default=30, help="rounds of each run for --flower")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -386,7 +387,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# Robust rules and attacks on M={bench_robust.M} stacked messages of P={bench_robust.P:,} (f="
               f"{bench_robust.F}), {machine(torch.device('cpu'))}, {threads} thread(s), median of {args.repeats}",
               flush=True)
-        print(_format(bench_robust.robust_speed(args.repeats, threads, args.byzfl_python), args.markdown))
+        print(_format(bench_robust.robust_speed(args.repeats, threads, args.byzfl_python,
+                                                        byzfl_pythonpath=args.byzfl_pythonpath), args.markdown))
         return
     if args.reader:
         print(f"# What a reader waits for, on {machine(device)}")

@@ -2,11 +2,11 @@
 coordinates on the CPU, timed against ByzFL's implementation of the same rule in the same run.
 
     python -m flbook.bench --robust                                   # flbook's rules only
-    python -m flbook.bench --robust --byzfl-python /tmp/byzfl-env/bin/python   # and ByzFL's, with ratios
+    python -m flbook.bench --robust --byzfl-python /tmp/byzfl-env/bin/python --byzfl-pythonpath /tmp/byzfl-stub
 
 ByzFL is not a dependency (its wheel imports torchvision and plotting packages at import time): give the Python
-of a throwaway environment that can `import byzfl` (see `tests/fixtures/make_byzfl_golden.py`; PYTHONPATH
-reaches it, e.g. for stub packages). That interpreter runs `BYZFL_SCRIPT` in a subprocess: it draws the same
+of a throwaway environment that can `import byzfl` (see `tests/fixtures/make_byzfl_golden.py`), and the
+PYTHONPATH it needs (stub packages for those imports; set for that interpreter only). That interpreter runs `BYZFL_SCRIPT` in a subprocess: it draws the same
 inputs from the same seed (x = randn(M, P) from a generator seeded `seed`; the attacks get its first M - f rows
 as the honest messages), times each case the same way (one warm-up call, then the median of `repeats` calls with
 the same intra-op thread count) and sends back JSON. `agrees` compares the two outputs' norms (relative 1e-4);
@@ -17,6 +17,7 @@ ByzFL's fixed 3 smoothed Weiszfeld steps (nu = 0.1), centered clipping at ByzFL'
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -29,7 +30,7 @@ from . import attacks, robust
 
 M, P, F, SEED = 100, 100_000, 10, 0
 
-# case -> (flbook's call, ByzFL's object as an expression over `byzfl`, "rule" or "attack"); Callable[[x], out]
+# case -> (flbook's call, ByzFL's object as an expression over `byzfl` and `m`, "rule" or "attack"); Callable[[x], out]
 CASES: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str, str]] = {
     "mean": (robust.mean, "byzfl.Average()", "rule"),
     "coordinate median": (robust.coordinate_median, "byzfl.Median()", "rule"),
@@ -41,7 +42,7 @@ CASES: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], str, str]] = {
     "centered clipping": (lambda x: robust.centered_clipping(x, tau=100.0, iters=1),
                           "byzfl.CenteredClipping(tau=100.0, L=1)", "rule"),
     "NNA (MoNNA, one pivot)": (lambda x: robust.nearest_neighbour_average(x, F, x[-1:])[0],
-                               f"byzfl.MoNNA(f={F}, idx={M - 1})", "rule"),
+                               f"byzfl.MoNNA(f={F}, idx=m - 1)", "rule"),
     "NNM (pre-aggregation)": (lambda x: robust.nnm(x, F)[0], f"byzfl.NNM(f={F})", "rule"),
     "bucketing s=2 (pre-aggregation)": (lambda x: robust.bucketing(x, 2)[0], "byzfl.Bucketing(s=2)", "rule"),
     "sign flipping": (lambda h: attacks.sign_flipping(h, F), "byzfl.SignFlipping()", "attack"),
@@ -63,7 +64,7 @@ torch.set_num_threads(spec["threads"])
 x = torch.randn(spec["m"], spec["p"], generator=torch.Generator().manual_seed(spec["seed"]))
 result = {}
 for name, (expression, kind) in spec["cases"].items():
-    call, data = eval(expression, {"byzfl": byzfl}), x if kind == "rule" else x[:spec["m"] - spec["f"]]
+    call, data = eval(expression, {"byzfl": byzfl, "m": spec["m"]}), x if kind == "rule" else x[:spec["m"] - spec["f"]]
     out = call(data)
     seconds = []
     for _ in range(spec["repeats"]):
@@ -94,31 +95,34 @@ def flbook_times(repeats: int, threads: int, m: int = M, p: int = P) -> dict[str
                 start = time.perf_counter()
                 call(data)
                 seconds.append(time.perf_counter() - start)
-            result[name] = {"seconds": statistics.median(seconds), "norm": float(out.double().norm())}
+            one = out if kind == "rule" else out[0]  # an attack's f messages are copies; ByzFL returns one
+            result[name] = {"seconds": statistics.median(seconds), "norm": float(one.double().norm())}
         return result
     finally:
         torch.set_num_threads(previous)
 
 
-def byzfl_times(python: str, repeats: int, threads: int, m: int = M, p: int = P,
+def byzfl_times(python: str, repeats: int, threads: int, m: int = M, p: int = P, pythonpath: str | None = None,
                 timeout: float = 1800.0) -> dict[str, dict[str, float]]:
-    """The same cases timed by ByzFL in interpreter `python` (a subprocess running `BYZFL_SCRIPT`)."""
+    """The same cases timed by ByzFL in interpreter `python` (a subprocess running `BYZFL_SCRIPT`, with PYTHONPATH
+    `pythonpath` when given)."""
     spec = {"m": m, "p": p, "f": F, "seed": SEED, "repeats": repeats, "threads": threads,
             "cases": {name: [expression, kind] for name, (_, expression, kind) in CASES.items()}}
+    env = {**os.environ, **({"PYTHONPATH": pythonpath} if pythonpath else {})}
     done = subprocess.run([python, "-c", BYZFL_SCRIPT, json.dumps(spec)], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"the ByzFL interpreter {python} failed (exit {done.returncode}): {tail[0]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def robust_speed(repeats: int = 5, threads: int = 1, byzfl_python: str | None = None, m: int = M,
-                 p: int = P) -> pd.DataFrame:
+def robust_speed(repeats: int = 5, threads: int = 1, byzfl_python: str | None = None, m: int = M, p: int = P,
+                 byzfl_pythonpath: str | None = None) -> pd.DataFrame:
     """One row per case: flbook's median milliseconds and, with a ByzFL interpreter, ByzFL's, their ratio and
     whether the outputs agree."""
     ours = flbook_times(repeats, threads, m, p)
-    theirs = byzfl_times(byzfl_python, repeats, threads, m, p) if byzfl_python else None
+    theirs = byzfl_times(byzfl_python, repeats, threads, m, p, byzfl_pythonpath) if byzfl_python else None
     rows = []
     for name, (_, expression, kind) in CASES.items():
         row = {"case": name, "kind": kind, "flbook_ms": 1e3 * ours[name]["seconds"]}
