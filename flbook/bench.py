@@ -385,7 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.robust:
         threads = 1 if args.threads == "auto" else int(args.threads)
         print(f"# Robust rules and attacks on M={bench_robust.M} stacked messages of P={bench_robust.P:,} (f="
-              f"{bench_robust.F}), {machine(torch.device('cpu'))}, {threads} thread(s), median of {args.repeats}",
+              f"{bench_robust.F}), {machine(torch.device('cpu'))}, {threads} thread(s), best of 3 alternating phases "
+              f"of a median of {args.repeats}",
               flush=True)
         print(_format(bench_robust.robust_speed(args.repeats, threads, args.byzfl_python,
                                                         byzfl_pythonpath=args.byzfl_pythonpath), args.markdown))

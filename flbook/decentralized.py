@@ -147,7 +147,8 @@ class Decentralized:
         self.final_models: dict[str, torch.Tensor] = {}  # label -> (N, P) node models after its last run
         self.shared_init = shared_init  # False: node i starts from its own x_i^0 (model init seeded seed + 1 + i)
         if lr_schedule is not None and not callable(lr_schedule):
-            raise TypeError(f"lr_schedule must be a function of the round t (e.g. InverseTimeDecay()), got {lr_schedule!r}")
+            raise TypeError(f"lr_schedule must be a function of the round t (e.g. InverseTimeDecay()), "
+                            f"got {lr_schedule!r}")
         self.lr_schedule = lr_schedule  # gamma_t = lr * lr_schedule(t); None: constant
 
     def start(self, algorithm: Algorithm) -> NetworkState:

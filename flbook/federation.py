@@ -72,7 +72,8 @@ class Federation:
                  weight_decay: float = 0.0, participation: float | Participation = 1.0,
                  clients_per_round: int | None = None, seed: int = 0, device: str | torch.device | None = None,
                  executor: str | LoopExecutor | BatchedExecutor = "auto", channel: Channel | None = None,
-                 threads: int | str | None = "auto", batch_sampling: str = "cohort", metrics: Sequence[Metric] = ()):
+                 threads: int | str | None = "auto", batch_sampling: str = "cohort",
+                 metrics: Sequence[Metric] = ()):
         if not isinstance(dataset, Dataset):
             raise TypeError(f"dataset must be a flbook.data.Dataset (e.g. load('digits')), got {type(dataset).__name__}")
         # A round draws clients x steps x batch_size <= V.MAX_SAMPLES_DRAWN ids (see _check_round_size), which

@@ -49,7 +49,8 @@ def test_adversarial_training_buys_robust_accuracy_that_fedavg_lacks(digits_data
 def test_robust_accuracy_is_a_column_of_both_loops_and_equals_clean_accuracy_at_epsilon_zero(digits_data):
     fed = _fed(digits_data, metrics=[RobustAccuracy(0.0, column="robust0"), RobustAccuracy(0.2)])
     sync = fed.run(FedAvg(), 4, progress=False)
-    late = AsyncFederation(fed, linear(fed.n_clients, 0.5, step_time=0.1)).run(FedAvg(), 4.0, eval_every=1.0, progress=False)
+    devices = linear(fed.n_clients, 0.5, step_time=0.1)
+    late = AsyncFederation(fed, devices).run(FedAvg(), 4.0, eval_every=1.0, progress=False)
     for history in (sync, late):
         assert len(history) >= 5 and history["robust_acc"].notna().all() and history["robust_acc"].between(0, 1).all()
         assert history["robust0"].to_numpy() == pytest.approx(history["test_acc"].to_numpy(), abs=1e-6)
