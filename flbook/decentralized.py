@@ -204,10 +204,9 @@ class Decentralized:
         fed = self.fed
         y = flip_labels(fed.y_train, fed.dataset.n_classes)  # (n,)
         active = None if steps is None else torch.arange(index.shape[1], device=fed.device) < steps[:, None]  # (M, K)
-        sgd = lambda u, xb, yb: u - ctx.lr * ctx.grad(u, xb, yb)  # noqa: E731
 
         def one(x: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, on: torch.Tensor | None) -> torch.Tensor:
-            return Algorithm.local_sgd(x, sgd, Batches(xb, yb, on)) - x
+            return Algorithm.local_sgd(x, ctx.sgd_step, Batches(xb, yb, on)) - x
 
         delta = torch.func.vmap(one, in_dims=(0, 0, 0, None if active is None else 0))(
             X, fed.x_train[index], y[index], active)  # (M, P)

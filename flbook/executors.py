@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import validation as V
-from .algorithms.base import Algorithm, Batches, LocalContext, Tensors
+from .algorithms.base import Algorithm, Batches, LocalContext, Tensors, descend
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,18 @@ class BackpropContext(LocalContext):
     def grad(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not _uses_cross_entropy(self.loss_fn):
             return super().grad(theta, x, y)
+        params, grads = self._backprop(theta, x, y)
+        return torch.cat([grads[name].reshape(-1) for name in self.model.names])  # (P,)
+
+    def sgd_step(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The step layer by layer, W_l - eta_l dW_l, so the flat gradient (P,) is never written (the same bits)."""
+        if not _uses_cross_entropy(self.loss_fn):
+            return super().sgd_step(theta, x, y)
+        params, grads = self._backprop(theta, x, y)
+        return torch.cat([descend(params[name], grads[name], self.lr).reshape(-1) for name in self.model.names])
+
+    def _backprop(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[Tensors, Tensors]:
+        """The parameters as views of theta and the gradient of each (weight decay included), by name."""
         params = self.model.unflatten(theta)
         linears = [name for name, m in self.model.module.named_children() if isinstance(m, nn.Linear)]
         h = x.flatten(1)  # (B, D)
@@ -130,10 +142,11 @@ class BackpropContext(LocalContext):
             name = linears[i]
             grads[f"{name}.weight"] = dz.t() @ inputs[i]  # (out_l, in_l)
             grads[f"{name}.bias"] = dz.sum(0)  # (out_l,)
-            if i > 0:  # dz_{l-1} = dz_l W_l where z_{l-1} > 0 (there and only there h_{l-1} > 0)
-                dz = torch.where(inputs[i] > 0, dz @ params[f"{name}.weight"], 0.0)  # (B, in_l)
-        g = torch.cat([grads[name].reshape(-1) for name in self.model.names])  # (P,)
-        return g + self.weight_decay * theta if self.weight_decay else g
+            if i > 0:  # dz_{l-1} = dz_l W_l where h_{l-1} > 0: ReLU's backward, as autograd runs it
+                dz = torch.ops.aten.threshold_backward(dz @ params[f"{name}.weight"], inputs[i], 0)  # (B, in_l)
+        if self.weight_decay:
+            grads = {name: g + self.weight_decay * params[name] for name, g in grads.items()}
+        return params, grads
 
 
 class LoopExecutor:

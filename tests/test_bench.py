@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from flbook.bench import BATCH, LOCAL_STEPS, layer_macs, main, matmul_rate, round_flops
+from flbook.bench import BATCH, LOCAL_STEPS, layer_macs, main, matmul_rate, peak_rate, round_flops
 from flbook.models import cnn, logistic, mlp
 
 
@@ -26,12 +26,18 @@ def test_matmul_rate_is_positive_and_finite():
     assert 1e6 < rate < 1e15
 
 
+def test_the_peak_is_the_best_of_square_and_wide_products():
+    square, best = peak_rate(torch.device("cpu"), size=64, repeats=2)
+    assert 1e6 < square <= best < 1e15
+
+
 def test_quick_limit_section_prints_its_columns(capsys):
     main(["--quick", "--limit", "--device", "cpu", "--models", "logistic,mlp", "--clients", "2", "--threads", "1",
           "--peak-size", "128"])
     out = capsys.readouterr().out
     section = out.split("# Against the machine's limit")[1]
-    for column in ("gflop", "peak_gflop_s", "loop_of_peak", "batched_of_peak", "centralized_of_peak"):
+    for column in ("gflop", "square_gflop_s", "peak_gflop_s", "loop_of_peak", "batched_of_peak",
+                   "centralized_of_peak"):
         assert column in section
     rows = [line.split() for line in section.splitlines() if line.split()[:1] in (["logistic"], ["mlp"])]
     assert [r[:2] for r in rows] == [["logistic", "2"], ["mlp", "2"]]

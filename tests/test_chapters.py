@@ -264,6 +264,19 @@ def test_fedstale_can_estimate_participation():
     assert not np.allclose(known.test_loss.to_numpy()[1:], estimated.test_loss.to_numpy()[1:])
 
 
+def test_fedstale_streams_each_seed_and_run_is_its_last():
+    from flbook.chapters import ch21_fedstale
+
+    values = {"dataset": "digits", "model": "logistic", "n_clients": 6, "rounds": 5, "betas": (0.0, 1.0), "seeds": 2,
+              "participation": 0.55, "participation_gap": 0.9, "partitioner": "dirichlet", "alpha": 0.3}
+    steps = list(ch21_fedstale.stream(values, progress=False))
+    assert [sorted(set(zip(h["seed"], h["beta"]))) for h in steps] == [[(0, 0.0), (0, 1.0)],
+                                                                       [(0, 0.0), (0, 1.0), (1, 0.0), (1, 1.0)]]
+    plt.close(ch21_fedstale.figure(steps[0]))  # the first seed alone draws
+    pd.testing.assert_frame_equal(steps[-1].drop(columns="wall_time"),
+                                  ch21_fedstale.run(values, progress=False).drop(columns="wall_time"))
+
+
 @pytest.mark.parametrize("name, runs", [("ch40_byzantine", 4), ("ch41_monna", 4), ("ch42_fal", 2)])
 def test_part_four_panels_stream_one_run_at_a_time_and_run_is_the_last(name, runs):
     chapter = importlib.import_module(f"flbook.chapters.{name}")

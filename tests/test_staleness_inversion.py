@@ -148,3 +148,22 @@ def test_the_speed_claim_needs_the_inversion_step(broken):
                           progress=False)
     speed = verdict(per_seed_difference(history, "GI conversion", "direct", chapter.reach), "less")
     assert (speed == HOLDS) != broken
+
+
+def test_chapter_stream_yields_after_every_run_and_run_is_its_last():
+    """Chapter 23's panel draws the oracle's curve first; the last history streamed is `run`'s, attrs included."""
+    import pandas as pd
+    from flbook.chapters import ch23_unlimited_staleness as chapter
+
+    values = {"n_clients": 10, "rounds": 3, "delay": 1, "gi_iterations": 2, "n_rec": 2, "hidden": 8, "tune": False,
+              "seeds": 2}
+    steps = list(chapter.stream(values, progress=False))
+    names = [chapter.ORACLE, *chapter.staleness_methods(values)]
+    assert len(steps) == 2 * len(names)
+    assert [list(pd.unique(h["algorithm"])) for h in steps[:2]] == [names[:1], names[:2]]
+    assert steps[0].attrs["server_states"].keys() == {chapter.ORACLE}
+    final, whole = steps[-1], chapter.run(values, progress=False)
+    pd.testing.assert_frame_equal(final.drop(columns="wall_time"), whole.drop(columns="wall_time"))
+    pd.testing.assert_frame_equal(final.attrs["updates"], whole.attrs["updates"])
+    assert final.attrs["server_states"].keys() == whole.attrs["server_states"].keys() == set(names)
+    assert sorted(set(final["seed"])) == [0, 1]

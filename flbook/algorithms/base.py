@@ -65,6 +65,16 @@ class LocalContext:
             g = torch.func.grad(self.loss)(theta, x, y)
         return g + self.weight_decay * theta if self.weight_decay else g
 
+    def sgd_step(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One plain local SGD step, theta - eta_l * grad f_i(theta; xi) (P,), as one fused pass over theta."""
+        return descend(theta, self.grad(theta, x, y), self.lr)
+
+
+def descend(theta: torch.Tensor, g: torch.Tensor, lr: float | torch.Tensor) -> torch.Tensor:
+    """theta - lr * g in one fused multiply-add (the arithmetic of `torch.optim.SGD`); `lr` may be a batched scalar
+    (a lockstep row's own rate), which gives the same bits as the float."""
+    return torch.addcmul(theta, g, -lr.to(g.dtype)) if torch.is_tensor(lr) else torch.add(theta, g, alpha=-lr)
+
 
 @dataclass(frozen=True)
 class RoundInfo:

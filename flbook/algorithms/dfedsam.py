@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import validation as V
-from .base import Batches, LocalContext, Tensors
+from .base import Batches, LocalContext, Tensors, descend
 from .fedavg import FedAvg
 
 
@@ -48,5 +48,5 @@ class DFedSAM(FedAvg):
                       ctx: LocalContext) -> tuple[Tensors, Tensors]:
         x = down["x"]
         # y <- y - eta_t grad F_i(y + eps; xi), K times from y = x_i^t (Alg. 1, local update)
-        y = self.local_sgd(x, lambda y, xb, yb: y - ctx.lr * self.sam_grad(y, xb, yb, ctx), batches)
+        y = self.local_sgd(x, lambda y, xb, yb: descend(y, self.sam_grad(y, xb, yb, ctx), ctx.lr), batches)
         return {"delta": y - x}, client_state

@@ -59,7 +59,7 @@ class FAL(FedAvg):
 
         def step(u: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
             x_adv = pgd(ctx.loss, u, xb, yb, self.epsilon, self.step_size, self.steps, self.lo, self.hi)  # inner max
-            return u - ctx.lr * ctx.grad(u, x_adv, yb)  # outer min at the adversarial points
+            return ctx.sgd_step(u, x_adv, yb)  # outer min at the adversarial points
 
         return {"delta": self.local_sgd(x, step, batches) - x}, client_state
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from ..runtime import cpu_threads
 from .. import validation as V
-from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
+from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors, descend
 
 if TYPE_CHECKING:
     from ..federation import Federation
@@ -87,7 +87,7 @@ class FedAMD(Algorithm):
 
         def sarah(state: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:  # state (2, P): x_k, v_k
             x_k, v = state
-            x_next = x_k - ctx.lr * v
+            x_next = descend(x_k, v, ctx.lr)
             return torch.stack([x_next, v + ctx.grad(x_next, xb, yb) - ctx.grad(x_k, xb, yb)])
 
         x_local, _ = self.local_sgd(torch.stack([x, y]), sarah, batches)  # miner: K steps from v_0 = y

@@ -29,7 +29,7 @@ import torch
 
 from ..runtime import cpu_threads
 from .. import validation as V
-from .base import Batches, LocalContext, Tensors
+from .base import Batches, LocalContext, Tensors, descend
 from .fedavg import FedAvg
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class FedLEx(FedAvg):
                       ctx: LocalContext) -> tuple[Tensors, Tensors]:
         x, G = down["x"], self.guidance.to(down["x"])
         # guided SGD: every local gradient is scaled elementwise by the global guidance matrix G   (P,)
-        y = self.local_sgd(x, lambda y, xb, yb: y - ctx.lr * (G * ctx.grad(y, xb, yb)), batches)
+        y = self.local_sgd(x, lambda y, xb, yb: descend(y, G * ctx.grad(y, xb, yb), ctx.lr), batches)
         return {"delta": y - x}, client_state
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import validation as V
-from .base import Batches, LocalContext, Tensors
+from .base import Batches, LocalContext, Tensors, descend
 from .fedavg import FedAvg
 
 
@@ -27,5 +27,5 @@ class FedProx(FedAvg):
                       ctx: LocalContext) -> tuple[Tensors, Tensors]:
         x = down["x"]
         # SGD on h_i(y) = f_i(y) + mu/2 ||y - x||^2  (Eq. 2): y <- y - eta_l (grad f_i(y) + mu (y - x))
-        y = self.local_sgd(x, lambda y, xb, yb: y - ctx.lr * (ctx.grad(y, xb, yb) + self.mu * (y - x)), batches)
+        y = self.local_sgd(x, lambda y, xb, yb: descend(y, ctx.grad(y, xb, yb) + self.mu * (y - x), ctx.lr), batches)
         return {"delta": y - x}, client_state

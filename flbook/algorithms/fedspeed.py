@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import validation as V
-from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
+from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors, descend
 
 SERVER_RULES = ("simulator", "paper")
 
@@ -69,7 +69,7 @@ class FedSpeed(Algorithm):
         def step(y, xb, yb):
             # y <- y - eta_l (g~ - lambda_hat_i + (1/lambda)(y - x)) = y - eta_l (g~ + mu (y - x + h_i))  (Alg. 1)
             drift = y - x + h if self.correction else y - x
-            return y - ctx.lr * (self.perturbed_grad(y, xb, yb, ctx) + self.mu * drift)
+            return descend(y, self.perturbed_grad(y, xb, yb, ctx) + self.mu * drift, ctx.lr)
 
         y = self.local_sgd(x, step, batches)
         delta = y - x  # x_{i,K} - x^t

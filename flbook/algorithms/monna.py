@@ -28,7 +28,7 @@ import torch
 
 from .. import robust
 from ..attacks import Attack
-from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
+from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors, descend
 
 MIXING_RULES = ("nna", "trimmed_mean", "geometric_median", "median", "mean")
 MIXER_ATTACKS = ("sign_flipping", "foe", "alie", "label_flipping")
@@ -55,7 +55,7 @@ class MomentumSGD(Algorithm):
         for k in range(batches.n_steps):  # one gradient per step: K = 1 in the paper
             g = ctx.grad(y, batches.x[k], batches.y[k])  # (P,)
             m_next = self.beta * m + (1 - self.beta) * g
-            y_next = y - ctx.lr * m_next  # theta^{t+1/2} = theta^t - gamma m
+            y_next = descend(y, m_next, ctx.lr)  # theta^{t+1/2} = theta^t - gamma m
             if batches.active is None:
                 y, m = y_next, m_next
             else:  # padding steps leave model and momentum as they are

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import validation as V
-from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
+from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors, descend
 
 
 @dataclass(kw_only=True)  # hyperparameters by name only
@@ -45,7 +45,7 @@ class Scaffold(Algorithm):
                       ctx: LocalContext) -> tuple[Tensors, Tensors]:
         x, c, c_i = down["x"], down["c"], client_state["c_i"]
         # y <- y - eta_l (g_i(y) - c_i + c)   (Alg. 1, line 10)
-        y = self.local_sgd(x, lambda y, xb, yb: y - ctx.lr * (ctx.grad(y, xb, yb) - c_i + c), batches)
+        y = self.local_sgd(x, lambda y, xb, yb: descend(y, ctx.grad(y, xb, yb) - c_i + c, ctx.lr), batches)
         # option II: c_i+ = c_i - c + (x - y) / (K eta_l)   (Alg. 1, line 12)
         c_new = c_i - c + (x - y) / (batches.steps_taken() * ctx.lr)
         return {"delta": y - x, "delta_c": c_new - c_i}, {"c_i": c_new}

@@ -16,14 +16,14 @@ third-party code uses Adam; SGD keeps the protocol's step-size tuning alike acro
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .. import validation as V
-from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors
+from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors, descend
 
 
 def n_kept(n: int | torch.Tensor, keep: float) -> int | torch.Tensor:
@@ -84,12 +84,12 @@ class SFPrompt(Algorithm):
         w0 = w = down["w"]  # (P_t,) prompts and tail
         if self.local_loss:  # phase A: SGD on CE(W_t(W_h(x; p)), y), no communication
             local_grad = torch.func.grad(lambda v, xb, yb: ctx.loss_fn(t.local(v, xb), yb))
-            w = self.local_sgd(w, lambda v, xb, yb: v - ctx.lr * local_grad(v, xb, yb), batches)
+            w = self.local_sgd(w, lambda v, xb, yb: descend(v, local_grad(v, xb, yb), ctx.lr), batches)
         # phase B (gamma = 1: nothing to prune)
         batches, kept = self.prune(w, batches) if self.keep < 1 else (batches, self.real(batches))  # kept (K, B)
         for k in range(batches.n_steps):  # phase C: split training, one step per batch of kept samples
             _, g, _ = t.split_step(w, batches.x[k], batches.y[k], lambda z, yb: masked_cross_entropy(z, yb, kept[k]))
-            w = torch.where(kept[k].any(), w - ctx.lr * g, w)  # a batch without kept samples is never sent
+            w = torch.where(kept[k].any(), descend(w, g, ctx.lr), w)  # a batch without kept samples is never sent
         return {"delta": w - w0}, client_state
 
     def aggregate(self, x: torch.Tensor, server_state: Tensors, messages: Tensors, weights: torch.Tensor,
@@ -112,7 +112,7 @@ class PartialFedAvg(Algorithm):
                       ctx: LocalContext) -> tuple[Tensors, Tensors]:
         t, w0 = self.trainable, down["w"]
         grad = torch.func.grad(lambda v, xb, yb: ctx.loss_fn(t.full(v, xb), yb))
-        w = self.local_sgd(w0, lambda v, xb, yb: v - ctx.lr * grad(v, xb, yb), batches)  # (P_t,)
+        w = self.local_sgd(w0, lambda v, xb, yb: descend(v, grad(v, xb, yb), ctx.lr), batches)  # (P_t,)
         return {"delta": w - w0}, client_state
 
     def aggregate(self, x: torch.Tensor, server_state: Tensors, messages: Tensors, weights: torch.Tensor,

@@ -7,7 +7,7 @@ minus FedAvg's (beta = 0) against beta, one dot per seed.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -39,11 +39,12 @@ def beta_label(beta: float) -> str:
     return {0.0: "FedAvg (β=0)", 1.0: "FedVARP (β=1)"}.get(float(beta), f"FedStale (β={beta:g})")
 
 
-def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
-    """FedStale for each of values["betas"] and values["seeds"] seeds on the two-group federation the values describe.
+def stream(values: Mapping[str, object], progress: bool = True) -> Iterator[pd.DataFrame]:
+    """FedStale for each of values["betas"] and values["seeds"] seeds on the two-group federation the values describe,
+    yielding the history so far after each seed's betas, so a panel draws the first seed's dots while the next trains.
 
     FedStale divides by the known p_k (values["known_p"], default) or estimates 1/p_k online as FedAU does.
-    Returns one history with columns beta, seed, alpha and gap added."""
+    Each history has columns beta, seed, alpha and gap added."""
     betas, seeds = tuple(values.get("betas", DEFAULTS["betas"])), int(values.get("seeds", 1))
     first = int(values.get("seed", 0))
     if not betas or seeds < 1:
@@ -61,7 +62,13 @@ def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
                 runs.append(history.assign(beta=beta, seed=seed, alpha=values.get("alpha"),
                                            gap=values.get("participation_gap", 0.0)))
                 bar.update()
-    return pd.concat(runs, ignore_index=True)
+            yield pd.concat(runs, ignore_index=True)
+
+
+def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
+    """The whole sweep of `stream`: every beta on every seed."""
+    *_, history = stream(values, progress)
+    return history
 
 
 def make_federation(values: Mapping[str, object]):

@@ -7,7 +7,7 @@ every method picks its clients' learning rate from the same grid on a validation
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -94,9 +94,10 @@ def tune_lr(values: Mapping, name: str, lrs: Sequence[float] = LR_GRID) -> pd.Da
     return table.rename(columns={"value": "lr"}).assign(method=name)
 
 
-def run(values: Mapping, progress: bool = True) -> pd.DataFrame:
+def stream(values: Mapping, progress: bool = True) -> Iterator[pd.DataFrame]:
     """The oracle (no delay) and `staleness_methods(values)`, the slow class's clients `delay` rounds late,
     on values["seeds"] seeds from values["seed"]; with values["tune"] each method's lr comes from `tune_lr`.
+    Yields the history so far after each run, so a panel draws the oracle's curve while the others train.
 
     Columns add `class_acc` (test accuracy on the slow class), seed and lr; `history.attrs` holds the tuning
     ("tuning"), the first seed's update log ("updates"), its slow clients ("slow") and final server states
@@ -106,15 +107,22 @@ def run(values: Mapping, progress: bool = True) -> pd.DataFrame:
     tuning = pd.concat([tune_lr(v, name) for name in names], ignore_index=True) if v["tune"] else None
     chosen = tuning[tuning.chosen].set_index("method")["lr"] if v["tune"] else pd.Series(float(v["lr"]), names)
     seeds = range(int(v["seed"]), int(v["seed"]) + int(v["seeds"]))
-    runs = [run_one({**v, "seed": seed, "lr": chosen[name]}, name, progress=progress) for seed in seeds
-            for name in names]
-    first = [r.attrs for r in runs[: len(names)]]  # the first seed's logs and states
-    for r in runs:
-        r.attrs = {}
-    history = pd.concat(runs, ignore_index=True)
-    history.attrs.update(slow=first[0]["slow"], tuning=tuning,
-                         updates=pd.concat([a["updates"] for a in first], ignore_index=True),
-                         server_states={k: s for a in first for k, s in a["server_states"].items()})
+    runs, first = [], []  # the histories so far; the first seed's logs and states
+    for seed in seeds:
+        for name in names:
+            runs.append(run_one({**v, "seed": seed, "lr": chosen[name]}, name, progress=progress))
+            first += [runs[-1].attrs] if seed == seeds[0] else []
+            runs[-1].attrs = {}
+            history = pd.concat(runs, ignore_index=True)
+            history.attrs.update(slow=first[0]["slow"], tuning=tuning,
+                                 updates=pd.concat([a["updates"] for a in first], ignore_index=True),
+                                 server_states={k: s for a in first for k, s in a["server_states"].items()})
+            yield history
+
+
+def run(values: Mapping, progress: bool = True) -> pd.DataFrame:
+    """The whole comparison of `stream`: every method on every seed."""
+    *_, history = stream(values, progress)
     return history
 
 

@@ -19,7 +19,7 @@ from ..data import Dataset, load
 from ..peer_protocol import Method, gossip_method, node_federation
 from ..plots.topology import peer_curves, plot_graph
 from ..topology import TOPOLOGIES, graph_by_name
-from ..widgets import knob
+from ..widgets import knob, task_controls
 
 DEFAULTS: dict[str, object] = {"topology": "ring", "n_nodes": 16, "degree": 3, "gossip_steps": 1, "availability": 1.0,
                                "alpha": 0.1, "local_steps": 10, "lr": 0.1, "rounds": 40, "seed": 0}
@@ -75,12 +75,5 @@ def controls(**overrides: object) -> dict:
                                  continuous_update=False),
             "availability": knob("FloatSlider", v["availability"], "availability", min=0.1, max=1.0, step=0.05,
                                  continuous_update=False),
-            "alpha": knob("FloatLogSlider", v["alpha"], "alpha (Dirichlet)", base=10, min=-2, max=2, step=0.1,
-                          continuous_update=False),
-            "local_steps": knob("IntSlider", v["local_steps"], "local steps K", min=1, max=50,
-                                continuous_update=False),
-            "lr": knob("FloatLogSlider", v["lr"], "learning rate", base=10, min=-3, max=0, step=0.1,
-                       continuous_update=False),
-            "rounds": knob("IntSlider", v["rounds"], "rounds", min=1, max=200, continuous_update=False),
-            "seed": knob("BoundedIntText", v["seed"], "seed", min=0, max=2**31 - 1)}
+            **task_controls(v)}
 

@@ -22,7 +22,7 @@ from ..peer_protocol import Method, gossip_method
 from ..plots.topology import peer_curves
 from ..runtime import cpu_threads
 from ..topology import TOPOLOGIES, graph_by_name
-from ..widgets import knob
+from ..widgets import knob, task_controls
 
 DEFAULTS: dict[str, object] = {"topology": "ring", "n_nodes": 16, "rho": 0.05, "gossip_steps": 4, "alpha": 0.1,
                                "local_steps": 10, "lr": 0.3, "rounds": 30, "seed": 0}
@@ -72,14 +72,7 @@ def controls(**overrides: object) -> dict:
                         continuous_update=False),
             "gossip_steps": knob("IntSlider", v["gossip_steps"], "gossip steps Q", min=1, max=10,
                                  continuous_update=False),
-            "alpha": knob("FloatLogSlider", v["alpha"], "alpha (Dirichlet)", base=10, min=-2, max=2, step=0.1,
-                          continuous_update=False),
-            "local_steps": knob("IntSlider", v["local_steps"], "local steps K", min=1, max=50,
-                                continuous_update=False),
-            "lr": knob("FloatLogSlider", v["lr"], "learning rate", base=10, min=-3, max=0, step=0.1,
-                       continuous_update=False),
-            "rounds": knob("IntSlider", v["rounds"], "rounds", min=1, max=200, continuous_update=False),
-            "seed": knob("BoundedIntText", v["seed"], "seed", min=0, max=2**31 - 1)}
+            **task_controls(v)}
 
 
 def sharpness(fed: Federation, X: torch.Tensor, rho: float = 0.05) -> float:

@@ -18,7 +18,7 @@ from ..decentralized import Decentralized
 from ..modest import AliveSample, Churn, MoDeST
 from ..peer_protocol import Method, node_federation
 from ..topology import one_peer_exponential
-from ..widgets import knob
+from ..widgets import knob, task_controls
 
 DEFAULTS: dict[str, object] = {"n_nodes": 50, "sample_size": 10, "aggregators": 1, "success_fraction": 1.0,
                                "crash": True, "crash_round": 20, "crash_fraction": 0.8, "rejoin_round": 40,
@@ -121,14 +121,7 @@ def controls(**overrides: object) -> dict:
                                    step=0.05, continuous_update=False),
             "rejoin_round": knob("IntSlider", v["rejoin_round"], "rejoin round", min=2, max=200,
                                  continuous_update=False),
-            "alpha": knob("FloatLogSlider", v["alpha"], "alpha (Dirichlet)", base=10, min=-2, max=2, step=0.1,
-                          continuous_update=False),
-            "local_steps": knob("IntSlider", v["local_steps"], "local steps E", min=1, max=50,
-                                continuous_update=False),
-            "lr": knob("FloatLogSlider", v["lr"], "learning rate", base=10, min=-3, max=0, step=0.1,
-                       continuous_update=False),
-            "rounds": knob("IntSlider", v["rounds"], "rounds", min=1, max=200, continuous_update=False),
-            "seed": knob("BoundedIntText", v["seed"], "seed", min=0, max=2**31 - 1)}
+            **task_controls(v, steps="E")}
 
 
 def sample_fill(history: pd.DataFrame, sample_size: int, start: int, end: int) -> float:

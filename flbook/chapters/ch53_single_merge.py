@@ -19,7 +19,7 @@ from ..decentralized import Decentralized
 from ..peer_protocol import Method, node_federation
 from ..plots.topology import peer_curves
 from ..topology import scheduled_gossip
-from ..widgets import knob
+from ..widgets import knob, task_controls
 
 DEFAULTS: dict[str, object] = {"n_nodes": 16, "alpha": 0.1, "r": 0.2, "window": 0.05, "early": 0.1, "late": 0.9,
                                "local_steps": 10, "lr": 0.1, "rounds": 60, "shared_init": True, "seed": 0}
@@ -77,14 +77,9 @@ def controls(**overrides: object) -> dict:
     v = {**DEFAULTS, **overrides}
     slider = {"continuous_update": False}
     return {"n_nodes": knob("IntSlider", v["n_nodes"], "nodes N", min=2, max=64, **slider),
-            "alpha": knob("FloatLogSlider", v["alpha"], "alpha (Dirichlet)", base=10, min=-2, max=2, step=0.1,
-                          **slider),
             "r": knob("FloatSlider", v["r"], "sparse r", min=0.0, max=3.0, step=0.1, **slider),
             "window": knob("FloatSlider", v["window"], "dense window", min=0.01, max=0.5, step=0.01, **slider),
             "early": knob("FloatSlider", v["early"], "early window at", min=0.0, max=0.5, step=0.05, **slider),
             "late": knob("FloatSlider", v["late"], "late window at", min=0.5, max=0.95, step=0.05, **slider),
             "shared_init": knob("Checkbox", v["shared_init"], "shared initialisation"),
-            "local_steps": knob("IntSlider", v["local_steps"], "local steps k", min=1, max=50, **slider),
-            "lr": knob("FloatLogSlider", v["lr"], "learning rate", base=10, min=-3, max=0, step=0.1, **slider),
-            "rounds": knob("IntSlider", v["rounds"], "rounds", min=2, max=200, **slider),
-            "seed": knob("BoundedIntText", v["seed"], "seed", min=0, max=2**31 - 1)}
+            **task_controls(v, steps="k", min_rounds=2)}

@@ -2,9 +2,10 @@
 
 The task: a tiny causal LM learns a second-order Markov chain over 8 tokens (entropy rate well below the unigram
 loss, so the model must use its context). M workers train stacked copies; the methods are synchronous data
-parallel (gradients averaged every step), DiLoCo (local AdamW, outer Nesterov every tau steps), EDiT (DiLoCo
-plus the penalty: anomaly elimination, softmax weights, clipping) and A-EDiT (EDiT synchronised on the clock, so
-a slow worker does fewer steps instead of stalling the others). Every method's inner learning rate is chosen
+parallel (gradients averaged every step), Local SGD (local AdamW, the plain average of the workers every tau
+steps), DiLoCo (the same with an outer Nesterov step), EDiT (DiLoCo plus the penalty: anomaly elimination, softmax
+weights, clipping) and A-EDiT (EDiT synchronised on the clock, so a slow worker does fewer steps instead of
+stalling the others). Every method's inner learning rate is chosen
 from the same grid on a validation split (seed 0, clean setting, half the syncs); the runs then use 3 seeds
 stacked like workers, on a clean and on a corrupted setting (worker 0 with `corrupt_scale` times the learning
 rate at a few syncs).
@@ -12,7 +13,7 @@ rate at a few syncs).
 from __future__ import annotations
 
 import warnings
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -27,8 +28,8 @@ from ..runtime import cpu_threads
 from ..transformer import causal_lm
 from ..widgets import knob
 
-METHODS = ("data parallel", "DiLoCo", "EDiT", "A-EDiT")
-ROBUST = ("DiLoCo", "EDiT")  # the methods run again with a corrupted worker
+METHODS = ("data parallel", "Local SGD", "DiLoCo", "EDiT", "A-EDiT")
+ROBUST = ("Local SGD", "DiLoCo", "EDiT")  # the methods run again with a corrupted worker
 DEFAULTS: dict[str, object] = {"n_workers": 4, "interval": 8, "syncs": 12, "slow_speed": 0.25, "corrupt": True,
                                "corrupt_at": (6, 9), "corrupt_scale": 30.0, "clip": 1.0, "outer_lr": 0.7,
                                "momentum": 0.8, "penalty": True, "batch_size": 8, "seeds": 3, "tune": True, "lr": 1e-2,
@@ -55,13 +56,15 @@ def model():
 
 def methods(v: Mapping[str, object]) -> dict[str, Method]:
     """The chosen methods with the panel's sync interval, outer optimizer and clip threshold; values["penalty"]
-    False switches EDiT's and A-EDiT's penalty off (EDiT is then DiLoCo)."""
+    False switches EDiT's and A-EDiT's penalty off (EDiT is then DiLoCo). Local SGD keeps outer lr 1, momentum 0
+    and no penalty whatever the knobs: its outer step is the plain average of the workers' models."""
     chosen = tuple(v["methods"])
     if not chosen or set(chosen) - set(METHODS):
         raise ValueError(f"methods must be a non-empty selection of {METHODS}, got {chosen}")
     tau, outer = int(v["interval"]), {"outer_lr": float(v["outer_lr"]), "momentum": float(v["momentum"])}
     penalty = Penalty(clip=None if v["clip"] is None else float(v["clip"])) if v["penalty"] else None
     table = {"data parallel": Method("data parallel", data_parallel=True),
+             "Local SGD": Method("Local SGD", interval=tau),  # theta_hat <- theta_hat - (theta_hat - mean_m theta_m)
              "DiLoCo": Method("DiLoCo", interval=tau, **outer),
              "EDiT": Method("EDiT", interval=tau, penalty=penalty, **outer),
              "A-EDiT": Method("A-EDiT", time_interval=float(tau), penalty=penalty, **outer)}
@@ -115,10 +118,11 @@ def final_loss(run: pd.DataFrame, interval: int) -> float:
     return float(window["loss"].mean())
 
 
-def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
-    """Every chosen method on values["seeds"] stacked seeds, with the straggler ("clean"), and DiLoCo and EDiT
-    again with a corrupted worker 0 ("corrupted", when values["corrupt"]). Synchronous methods wait for the
-    straggler; A-EDiT does not. attrs: the lr choices, the entropy rate, the unigram loss and the target loss."""
+def stream(values: Mapping[str, object], progress: bool = True) -> Iterator[pd.DataFrame]:
+    """Every chosen method on values["seeds"] stacked seeds, with the straggler ("clean"), and Local SGD, DiLoCo and
+    EDiT again with a corrupted worker 0 ("corrupted", when values["corrupt"]). Synchronous methods wait for the
+    straggler; A-EDiT does not. Yields the history so far after each run, so a panel draws the first curve while
+    the others train. attrs: the lr choices, the entropy rate, the unigram loss and the target loss."""
     v = {**DEFAULTS, **values}
     data = corpus()
     seeds = tuple(range(int(v["seeds"])))
@@ -132,15 +136,21 @@ def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
     todo = [(name, m, False) for name, m in methods(v).items()]
     if v["corrupt"]:
         todo += [(name, m, True) for name, m in methods(v).items() if name in ROBUST]
+    target = data["unigram"] - float(v["target"]) * (data["unigram"] - data["entropy"])
     runs = []
     for name, method, corrupt in tqdm(todo, desc="EDiT runs", disable=not progress, leave=False):
         h = _run(method, v, data, "test", "train", syncs=int(v["syncs"]), seeds=seeds, lrs=lr[name], slow=True,
                  corrupt=corrupt)
         runs.append(h.assign(scenario="corrupted" if corrupt else "clean"))
-    history = pd.concat(runs, ignore_index=True)
-    target = data["unigram"] - float(v["target"]) * (data["unigram"] - data["entropy"])
-    history.attrs = {"choices": choices, "entropy": data["entropy"], "unigram": data["unigram"], "target": target,
-                     "interval": int(v["interval"]), "n_workers": int(v["n_workers"])}
+        history = pd.concat(runs, ignore_index=True)
+        history.attrs = {"choices": choices, "entropy": data["entropy"], "unigram": data["unigram"], "target": target,
+                         "interval": int(v["interval"]), "n_workers": int(v["n_workers"])}
+        yield history
+
+
+def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
+    """The whole comparison of `stream`."""
+    *_, history = stream(values, progress)
     return history
 
 
@@ -168,10 +178,23 @@ def claims(history: pd.DataFrame, margin: float = 0.05) -> pd.DataFrame:
         rows.append(protocol.claim_row("with a corrupted worker, EDiT's loss is lower than DiLoCo's",
                                        "penalty suppresses loss spikes", differences(
                                            history, "corrupted", "EDiT", "DiLoCo", loss), kind="less"))
+    if {"EDiT", "Local SGD"} <= have and "corrupted" in set(history.scenario):
+        rows.append(protocol.claim_row("with a corrupted worker, EDiT's loss is lower than Local SGD's",
+                                       "penalty suppresses loss spikes", differences(
+                                           history, "corrupted", "EDiT", "Local SGD", loss), kind="less"))
     if {"EDiT", "DiLoCo"} <= have:
         rows.append(protocol.claim_row("without corruption, EDiT is within a margin of DiLoCo", "EDiT >= DiLoCo",
                                        differences(history, "clean", "EDiT", "DiLoCo", loss), kind="within",
                                        margin=margin))
+    if {"EDiT", "Local SGD"} <= have:
+        rows.append(protocol.claim_row("on clean data, EDiT's loss is lower than Local SGD's",
+                                       "EDiT beats other Local SGD methods", differences(
+                                           history, "clean", "EDiT", "Local SGD", loss), kind="less"))
+    if {"DiLoCo", "Local SGD"} <= have:
+        rows.append(protocol.claim_row("on clean data, DiLoCo's outer Nesterov step beats the plain average",
+                                       "(DiLoCo's premise)", differences(
+                                           history, "clean", "DiLoCo", "Local SGD", loss), kind="less",
+                                       why="Local SGD is DiLoCo at outer lr 1, momentum 0"))
     if {"DiLoCo", "data parallel"} <= have:
         rows.append(protocol.claim_row(f"DiLoCo with {tau}x fewer syncs is within a margin of data parallel",
                                        "Local SGD ~ synchronous", differences(
@@ -216,7 +239,7 @@ def figure(history: pd.DataFrame) -> Figure:
 def controls(**overrides: object) -> dict:
     """Workers, sync interval, corruption, straggler speed, methods, learning rate and seeds."""
     v = {**DEFAULTS, **PANEL, **overrides}
-    return {"methods": knob("SelectMultiple", tuple(v["methods"]), "methods", options=METHODS, rows=4),
+    return {"methods": knob("SelectMultiple", tuple(v["methods"]), "methods", options=METHODS, rows=5),
             "n_workers": knob("IntSlider", v["n_workers"], "workers", min=2, max=8),
             "interval": knob("IntSlider", v["interval"], "sync interval τ", min=1, max=16),
             "syncs": knob("IntSlider", v["syncs"], "syncs", min=3, max=30),

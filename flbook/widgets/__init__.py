@@ -5,11 +5,11 @@
 from .controls import (BASELINE_DEFAULTS, DEFAULTS, NATURAL, baseline_controls, baselines_from, channel_from, chosen,
                        compare_run, compression_channel_from, compression_controls, compressor_from, device_options,
                        federation_from, knob, noise_controls, partition_from, participation_controls,
-                       participation_from, selection, standard_controls, style)
+                       participation_from, selection, standard_controls, style, task_controls)
 from .panel import DONE_CLASS, USER_ERRORS, ControlPanel, Run, control_panel
 
 __all__ = ["BASELINE_DEFAULTS", "DEFAULTS", "NATURAL", "baseline_controls", "baselines_from", "channel_from", "chosen",
            "compare_run", "compression_channel_from", "compression_controls", "compressor_from", "device_options",
            "federation_from", "knob", "noise_controls", "partition_from", "participation_controls",
-           "participation_from", "selection", "standard_controls", "style", "DONE_CLASS", "USER_ERRORS",
-           "ControlPanel", "Run", "control_panel"]
+           "participation_from", "selection", "standard_controls", "style", "task_controls",
+           "DONE_CLASS", "USER_ERRORS", "ControlPanel", "Run", "control_panel"]

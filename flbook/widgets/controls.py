@@ -72,6 +72,18 @@ def knob(kind: str, value: object, description: str, **options: object) -> W.Wid
     return getattr(W, kind)(value=value, description=description, **style(), **options)
 
 
+def task_controls(values: Mapping[str, object], steps: str = "K", min_rounds: int = 1) -> dict[str, W.Widget]:
+    """The training task's knobs that chapters with their own runner share (peer-to-peer, robustness): Dirichlet
+    alpha, local steps (named `steps` as the chapter's paper names them), learning rate, rounds and seed."""
+    slider = {"continuous_update": False}
+    return {"alpha": knob("FloatLogSlider", values["alpha"], "alpha (Dirichlet)", base=10, min=-2, max=2, step=0.1,
+                          **slider),
+            "local_steps": knob("IntSlider", values["local_steps"], f"local steps {steps}", min=1, max=50, **slider),
+            "lr": knob("FloatLogSlider", values["lr"], "learning rate", base=10, min=-3, max=0, step=0.1, **slider),
+            "rounds": knob("IntSlider", values["rounds"], "rounds", min=min_rounds, max=200, **slider),
+            "seed": knob("BoundedIntText", values["seed"], "seed", min=0, max=2**31 - 1)}
+
+
 def selection(options: Sequence[str], chosen: Sequence[str], description: str = "algorithms") -> W.SelectMultiple:
     """A multiple choice of the names a chapter compares."""
     return W.SelectMultiple(options=tuple(options), value=tuple(chosen), rows=min(6, max(2, len(options))),
