@@ -267,7 +267,7 @@ class AsyncRun:
     def record(self, sim_time: float) -> bool:
         """Append a history row at `sim_time`; False when the loss is not finite."""
         state = self.state
-        scores = self.fed.evaluate(state.x)
+        scores = self.fed.scores(state.x)
         if self.owner.metrics is not None:
             scores.update(self.owner.metrics(state.x))
         if not math.isfinite(scores["test_loss"]):

@@ -7,6 +7,7 @@
     python -m flbook.bench --reader        # only what a reader waits for: each panel's Run, each notebook's run
     python -m flbook.bench --flower        # only the side-by-side FedAvg task against Flower (needs '.[flower]')
     python -m flbook.bench --protocol      # only one protocol.compare, its runs one by one vs in lockstep
+    python -m flbook.bench --robust [--byzfl-python PATH]  # only the robust rules and attacks (vs ByzFL's)
 
 Each round trains M clients for K=5 local steps of batch B=32 on MNIST-shaped inputs (1x28x28; the
 values do not matter for timing). Centralized training runs the same M*K minibatches through one
@@ -60,6 +61,7 @@ import pandas as pd
 import torch
 
 from . import chapters, plots, widgets
+from . import bench_robust
 from .algorithms import FedAvg
 from .data import Dataset, mnist1d
 from .models import FlatModel
@@ -379,6 +381,11 @@ def main(argv: list[str] | None = None) -> None:
                              "nn.Module copies and centralized (flbook.flower.bench; needs pip install -e '.[flower]')")
     parser.add_argument("--flower-cohorts", default="10/100,100/100",
                         help="clients per round / clients, comma-separated, for --flower (e.g. 10/100,100/1000)")
+    parser.add_argument("--robust", action="store_true",
+                        help="only the robust rules and attacks at M=100 messages of P=100,000 (flbook.bench_robust)")
+    parser.add_argument("--byzfl-python", default=None,
+                        help="with --robust: a Python that can import byzfl, to time ByzFL's rules in the same run")
+    parser.add_argument("--byzfl-pythonpath", default=None, help="PYTHONPATH for --byzfl-python only (stub packages)")
     parser.add_argument("--flower-rounds", type=int, default=30, help="rounds of each run for --flower")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
@@ -388,6 +395,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# FedAvg side by side on {machine(torch.device('cpu'))}: MNIST-1D, Dirichlet(0.5), MLP, K=5, B=32, "
               f"{args.flower_rounds} rounds; start-up = call to end of round 1, rounds 2..R", flush=True)
         print(_format(side_by_side(cohorts, args.flower_rounds), args.markdown))
+        return
+    if args.robust:
+        threads = 1 if args.threads == "auto" else int(args.threads)
+        print(f"# Robust rules and attacks on M={bench_robust.M} stacked messages of P={bench_robust.P:,} (f="
+              f"{bench_robust.F}), {machine(torch.device('cpu'))}, {threads} thread(s), best of 3 alternating phases "
+              f"of a median of {args.repeats}",
+              flush=True)
+        print(_format(bench_robust.robust_speed(args.repeats, threads, args.byzfl_python,
+                                                        byzfl_pythonpath=args.byzfl_pythonpath), args.markdown))
         return
     if args.reader:
         print(f"# What a reader waits for, on {machine(device)}")

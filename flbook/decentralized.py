@@ -15,7 +15,12 @@ down = {"x": x_i} (the node's own model) and returns a message with "delta" (its
 node's new persistent state (e.g. momentum). So FedAvg's local SGD is DFedAvg's local step (with one local
 step, D-PSGD in its "train, then average" form X <- W (X - eta G)); a SAM local step gives DFedSAM, and Q
 gossip steps DFedSAM-MGS. A robust rule such as MoNNA's nearest-neighbour average over received sets is a
-`Mixer` of its own: it sees the half-step models, the round's W and a seeded generator.
+`Mixer` of its own: it sees the half-step models, the round's W and a seeded generator. A mixer whose attackers
+poison data (`poisons_data`, MoNNA's label flipping) also gets `MixInfo.flipped`: each node's update by plain SGD
+on its round's batches with flipped labels y -> (C - 1) - y, from its model x_i^t (no momentum, as the MoNNA code).
+
+Step sizes: constant, or gamma_t = gamma_0 * lr_schedule(t) (e.g. `InverseTimeDecay`, the MoNNA code's
+gamma_0 / (t / tau + 1) recomputed every few steps), for the local step and the flipped-label update alike.
 
 Equivalence with FedAvg: FedAvg averages with size weights p_j = n_j / n. On the complete graph with
 W = `uniform_weights(complete(N), sizes=client_sizes)` every row of W is p, so one gossip step sets every
@@ -25,14 +30,16 @@ give the unweighted average instead, which is FedAvg only when all clients hold 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol
+from typing import Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .algorithms.base import Algorithm, LocalContext, Tensors
+from .algorithms.base import Algorithm, Batches, LocalContext, Tensors
+from .attacks import flip_labels
 from .executors import BatchedExecutor, LoopExecutor
 from .federation import Federation
 from .rounds import check_run, report_divergence, train_rounds
@@ -48,6 +55,7 @@ class MixInfo:
     round: int
     active: torch.Tensor  # (N,) bool, the nodes that trained and communicate this round
     rng: np.random.Generator  # e.g. random received sets or attacks; seeded from the federation's seed
+    flipped: torch.Tensor | None = None  # (N, P) plain-SGD updates on flipped labels, for a mixer that `poisons_data`
 
 
 class Mixer(Protocol):
@@ -58,6 +66,24 @@ class Mixer(Protocol):
     def bytes_sent(self, W: torch.Tensor, n_params: int, dtype: torch.dtype) -> int: ...
 
     # optional: counted(n) -> the ids of the nodes whose models are evaluated (default all; MoNNA's honest nodes)
+    # optional: poisons_data, True when the mixer needs `MixInfo.flipped` (label flipping)
+
+
+@dataclass(frozen=True)
+class InverseTimeDecay:
+    """gamma_t / gamma_0 = 1 / (s / tau + 1), s the step count at the last multiple of `every` (rounds t = 1, 2, ...
+    are steps s = 0, 1, ...): the MoNNA code's schedule (tau = every = 50 on MNIST: gamma_0 / (floor(s / 50) + 1))."""
+
+    tau: float = 50.0
+    every: int = 50
+
+    def __post_init__(self) -> None:
+        if not self.tau > 0 or isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"tau must be > 0 and every an integer >= 1, got tau={self.tau!r}, every={self.every!r}")
+
+    def __call__(self, t: int) -> float:
+        s = (t - 1) // self.every * self.every  # the step at which gamma was last recomputed
+        return 1.0 / (s / self.tau + 1.0)
 
 
 @dataclass(frozen=True)
@@ -99,7 +125,7 @@ class Decentralized:
 
     def __init__(self, federation: Federation, mixing: torch.Tensor | TimeVarying, *, mixer: Mixer | None = None,
                  gossip_steps: int = 1, availability: float | Participation = 1.0, eval_nodes: int | None = None,
-                 shared_init: bool = True):
+                 shared_init: bool = True, lr_schedule: Callable[[int], float] | None = None):
         self.fed = federation
         self.schedule = as_schedule(mixing)
         if self.schedule.n != federation.n_clients:
@@ -120,6 +146,10 @@ class Decentralized:
         self.eval_ids = self.counted[np.unique(np.linspace(0, len(self.counted) - 1, count).round().astype(int))]
         self.final_models: dict[str, torch.Tensor] = {}  # label -> (N, P) node models after its last run
         self.shared_init = shared_init  # False: node i starts from its own x_i^0 (model init seeded seed + 1 + i)
+        if lr_schedule is not None and not callable(lr_schedule):
+            raise TypeError(f"lr_schedule must be a function of the round t (e.g. InverseTimeDecay()), "
+                            f"got {lr_schedule!r}")
+        self.lr_schedule = lr_schedule  # gamma_t = lr * lr_schedule(t); None: constant
 
     def start(self, algorithm: Algorithm) -> NetworkState:
         """Round 0: every node holds the federation's x^0 (or its own, without a shared init) and the algorithm's
@@ -149,7 +179,11 @@ class Decentralized:
         index = fed.sample_batches(ids, steps, state.generator)  # (M, K, B)
         rows = {k: v[ids] for k, v in state.client_state.items()}
         down = {"x": state.X if len(ids) == n else state.X[ids]}  # (M, P): each node starts from its own model
-        messages, rows = fed.train_cohort(state.algorithm, down, index, steps, rows, True, state.executor, state.ctx)
+        ctx = state.ctx if self.lr_schedule is None else dataclasses.replace(state.ctx,
+                                                                            lr=state.ctx.lr * self.lr_schedule(t))
+        flipped = self.flipped_updates(state, ids, down["x"], index, steps, ctx) if getattr(
+            self.mixer, "poisons_data", False) else None
+        messages, rows = fed.train_cohort(state.algorithm, down, index, steps, rows, True, state.executor, ctx)
         if "delta" not in messages:
             raise ValueError(f"{state.algorithm.name}.client_update must return a message with 'delta' (the local "
                              f"update) to run on a network, got keys {sorted(messages)}")
@@ -159,9 +193,24 @@ class Decentralized:
             half = state.X + messages["delta"]  # (N, P) x_i^{t+1/2}
         else:
             half = state.X.index_add(0, ids, messages["delta"].to(state.X.dtype))  # (N, P), idle rows unchanged
-        state.X = self.mixer(half, W, MixInfo(t, active, state.rng))
+        state.X = self.mixer(half, W, MixInfo(t, active, state.rng, flipped))
         state.bytes_sent += self.mixer.bytes_sent(W, half.shape[1], half.dtype)
         state.active = len(ids)
+
+    def flipped_updates(self, state: NetworkState, ids: torch.Tensor, X: torch.Tensor, index: torch.Tensor,
+                        steps: torch.Tensor | None, ctx: LocalContext) -> torch.Tensor:
+        """(N, P): what nodes `ids` would move by plain SGD from their models X (M, P) on their round's batches
+        `index` (M, K, B) with labels (C - 1) - y; zero rows for idle nodes. Label flipping's raw material."""
+        fed = self.fed
+        y = flip_labels(fed.y_train, fed.dataset.n_classes)  # (n,)
+        active = None if steps is None else torch.arange(index.shape[1], device=fed.device) < steps[:, None]  # (M, K)
+
+        def one(x: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, on: torch.Tensor | None) -> torch.Tensor:
+            return Algorithm.local_sgd(x, ctx.sgd_step, Batches(xb, yb, on)) - x
+
+        delta = torch.func.vmap(one, in_dims=(0, 0, 0, None if active is None else 0))(
+            X, fed.x_train[index], y[index], active)  # (M, P)
+        return torch.zeros_like(state.X).index_copy(0, ids, delta.to(state.X.dtype))
 
     def run(self, algorithm: Algorithm, rounds: int, *, eval_every: int = 1, progress: bool = True,
             on_divergence: str = "raise", label: str | None = None) -> pd.DataFrame:
@@ -185,7 +234,7 @@ class Decentralized:
 
     def _row(self, label: str, state: NetworkState, seconds: float) -> dict:
         fed, X = self.fed, state.X[self.counted]  # (N_counted, P)
-        averaged = fed.evaluate(X.mean(0))
+        averaged = fed.scores(X.mean(0))  # the federation's metrics too, on the averaged model
         local = np.mean([fed.evaluate(state.X[i])["test_acc"] for i in self.eval_ids])
         return {"algorithm": label, "round": state.round, **averaged, "local_acc": float(local),
                 "consensus_distance": consensus_distance(X), "bytes_sent": state.bytes_sent,

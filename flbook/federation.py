@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,8 @@ from .runtime import cpu_threads, resolve_device
 
 EXECUTORS = ("auto", "loop", "batched")
 BATCH_SAMPLING = ("cohort", "per_client")
+# an extra history metric: metric(federation, theta) -> {column: value}, evaluated with test_acc at every evaluation
+Metric = Callable[["Federation", torch.Tensor], Mapping[str, float]]
 _GOLDEN = -0x61C8864680B583EB  # 0x9E3779B97F4A7C15, the 64-bit golden ratio, as a signed int64
 
 
@@ -70,7 +72,8 @@ class Federation:
                  weight_decay: float = 0.0, participation: float | Participation = 1.0,
                  clients_per_round: int | None = None, seed: int = 0, device: str | torch.device | None = None,
                  executor: str | LoopExecutor | BatchedExecutor = "auto", channel: Channel | None = None,
-                 threads: int | str | None = "auto", batch_sampling: str = "cohort"):
+                 threads: int | str | None = "auto", batch_sampling: str = "cohort",
+                 metrics: Sequence[Metric] = ()):
         if not isinstance(dataset, Dataset):
             raise TypeError(f"dataset must be a flbook.data.Dataset (e.g. load('digits')), got {type(dataset).__name__}")
         # A round draws clients x steps x batch_size <= V.MAX_SAMPLES_DRAWN ids (see _check_round_size), which
@@ -89,6 +92,9 @@ class Federation:
         elif not callable(executor):
             raise TypeError(f"executor must be one of {EXECUTORS} or an executor object, got {executor!r}")
         self.batch_sampling = V.choice("batch_sampling", batch_sampling, BATCH_SAMPLING)
+        if not isinstance(metrics, (list, tuple)) or not all(callable(m) for m in metrics):
+            raise TypeError(f"metrics must be a list of functions metric(federation, theta) -> dict, got {metrics!r}")
+        self.metrics = tuple(metrics)  # extra history columns, e.g. fal.RobustAccuracy(epsilon)'s robust_acc
         if channel is not None and not isinstance(channel, Channel):
             raise TypeError(f"channel must be a flbook.channel.Channel or None, got {type(channel).__name__}")
         self.device = resolve_device(device)
@@ -255,6 +261,13 @@ class Federation:
         acc = (logits.argmax(1) == self.y_test).float().mean().item()
         return {"test_acc": acc, "test_loss": loss}
 
+    def scores(self, theta: torch.Tensor) -> dict[str, float]:
+        """What a history row records of `theta`, in every round loop: `evaluate`, then each of `metrics`."""
+        scores = self.evaluate(theta)
+        for metric in self.metrics:
+            scores.update(metric(self, theta))
+        return scores
+
     @torch.no_grad()
     def client_accuracy(self, theta: torch.Tensor) -> np.ndarray:
         """Accuracy of `theta` on each client's own training data, shape (N,)."""
@@ -418,7 +431,7 @@ class Federation:
         return history
 
     def _row(self, label: str, state: RunState, seconds: float) -> dict:
-        return history_row(label, state.round, self.evaluate(state.x), state.bits_up, state.bits_down, seconds)
+        return history_row(label, state.round, self.scores(state.x), state.bits_up, state.bits_down, seconds)
 
     def compare(self, algorithms: Mapping[str, Algorithm | tuple[Algorithm, Channel]] | Iterable[Algorithm],
                 rounds: int, **run_kwargs) -> pd.DataFrame:

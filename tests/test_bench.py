@@ -1,4 +1,5 @@
 """The benchmark's limit section: FLOP counts from the layers, the matmul rate, and a quick run that prints them."""
+import pytest
 import torch
 
 from flbook.bench import BATCH, LOCAL_STEPS, layer_macs, main, matmul_rate, peak_rate, round_flops
@@ -76,3 +77,22 @@ def test_protocol_section_times_both_modes_and_checks_they_agree():
     table = bench.protocol_speed(repeats=1, rounds=1, n_clients=3, model="logistic", lrs=(0.1,), server_lrs=(1.0,))
     assert list(table["mode"]) == ["one by one", "lockstep"] and (table["median_s"] > 0).all()
     assert table["runs"][0] == 4 * 3 + 4 and table["max_acc_gap"][0] < 1e-6 and protocol.LOCKSTEP
+
+
+def test_robust_section_times_every_case_and_checks_a_byzfl_interpreter_against_flbook(tmp_path):
+    """A stand-in `byzfl` whose every rule is the mean: the protocol round-trips, and only the mean agrees."""
+    import sys
+
+    from flbook import bench_robust
+
+    (tmp_path / "byzfl.py").write_text("def __getattr__(name):\n    return lambda **kw: (lambda x: x.mean(0))\n")
+    table = bench_robust.robust_speed(repeats=1, threads=1, m=30, p=200, phases=1)
+    assert list(table["case"]) == list(bench_robust.CASES) and (table["flbook_ms"] > 0).all()
+    table = bench_robust.robust_speed(repeats=1, threads=1, m=30, p=200, byzfl_python=sys.executable,
+                                      byzfl_pythonpath=str(tmp_path), phases=2)
+    agrees = table.set_index("case")["agrees"]
+    assert agrees["mean"] == "yes" and agrees["Krum"] == "NO" and agrees["Gaussian"] == ""
+    assert (table["byzfl_ms"] > 0).all() and (table["byzfl/flbook"] > 0).all()
+    (tmp_path / "byzfl.py").write_text("raise ImportError('no torchvision')\n")
+    with pytest.raises(RuntimeError, match="no torchvision"):
+        bench_robust.byzfl_times(sys.executable, 1, 1, m=30, p=200, pythonpath=str(tmp_path))

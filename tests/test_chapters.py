@@ -275,3 +275,13 @@ def test_fedstale_streams_each_seed_and_run_is_its_last():
     plt.close(ch21_fedstale.figure(steps[0]))  # the first seed alone draws
     pd.testing.assert_frame_equal(steps[-1].drop(columns="wall_time"),
                                   ch21_fedstale.run(values, progress=False).drop(columns="wall_time"))
+
+
+@pytest.mark.parametrize("name, runs", [("ch40_byzantine", 4), ("ch41_monna", 4), ("ch42_fal", 2)])
+def test_part_four_panels_stream_one_run_at_a_time_and_run_is_the_last(name, runs):
+    chapter = importlib.import_module(f"flbook.chapters.{name}")
+    steps = list(chapter.stream(TINY[name], progress=False))
+    assert [h["algorithm"].nunique() for h in steps] == list(range(1, runs + 1))
+    assert all(len(a) < len(b) and a.equals(b.iloc[:len(a)]) for a, b in zip(steps, steps[1:]))
+    pd.testing.assert_frame_equal(steps[-1].drop(columns="wall_time"),
+                                  chapter.run(TINY[name], progress=False).drop(columns="wall_time"))

@@ -6,12 +6,14 @@ from conftest import equal_parts
 from flbook import Federation
 from flbook.algorithms import FedAvg
 from flbook.algorithms import FAL
-from flbook.algorithms.fal import pgd, robust_accuracy
+from flbook.algorithms.fal import RobustAccuracy, pgd, robust_accuracy
+from flbook.asynchronous import AsyncFederation
+from flbook.devices import linear
 
 
-def _fed(digits_data, seed=0):
+def _fed(digits_data, seed=0, **kw):
     parts = equal_parts(len(digits_data.y_train), 6, 150)
-    return Federation(digits_data, parts, "logistic", local_steps=5, batch_size=32, lr=0.5, seed=seed)
+    return Federation(digits_data, parts, "logistic", local_steps=5, batch_size=32, lr=0.5, seed=seed, **kw)
 
 
 def test_epsilon_zero_is_fedavg_bit_for_bit(digits_data):
@@ -42,6 +44,26 @@ def test_adversarial_training_buys_robust_accuracy_that_fedavg_lacks(digits_data
         fed.run(algorithm, 15, progress=False, label=str(algorithm))
         return robust_accuracy(fed.model, fed.final_models[str(algorithm)], fed.x_test, fed.y_test, 0.2)
     assert robust(FAL(epsilon=0.2, step_size=0.05)) > robust(FAL(epsilon=0.2, steps=0)) + 0.1
+
+
+def test_robust_accuracy_is_a_column_of_both_loops_and_equals_clean_accuracy_at_epsilon_zero(digits_data):
+    fed = _fed(digits_data, metrics=[RobustAccuracy(0.0, column="robust0"), RobustAccuracy(0.2)])
+    sync = fed.run(FedAvg(), 4, progress=False)
+    devices = linear(fed.n_clients, 0.5, step_time=0.1)
+    late = AsyncFederation(fed, devices).run(FedAvg(), 4.0, eval_every=1.0, progress=False)
+    for history in (sync, late):
+        assert len(history) >= 5 and history["robust_acc"].notna().all() and history["robust_acc"].between(0, 1).all()
+        assert history["robust0"].to_numpy() == pytest.approx(history["test_acc"].to_numpy(), abs=1e-6)
+        assert (history["robust_acc"] <= history["test_acc"] + 1e-6).all()  # PGD from x never helps the model
+    assert (sync["robust_acc"].iloc[1:] < sync["test_acc"].iloc[1:] - 0.2).all()  # FedAvg is fooled at 0.2
+    theta = fed.final_models["FedAvg"]
+    assert sync["robust_acc"].iloc[-1] == robust_accuracy(fed.model, theta, fed.x_test, fed.y_test, 0.2)
+    assert robust_accuracy(fed.model, theta, fed.x_test, fed.y_test, 0.2, chunk=50) == sync["robust_acc"].iloc[-1]
+
+
+def test_metrics_must_be_a_list_of_functions(digits_data):
+    with pytest.raises(TypeError, match="metrics must be a list of functions"):
+        _fed(digits_data, metrics=RobustAccuracy(0.1))
 
 
 @pytest.mark.parametrize("kw, match", [({"epsilon": -0.1}, "epsilon and step_size must be >= 0"),

@@ -31,6 +31,7 @@ LAYERS = {  # top-level module or subpackage -> layer
     "chapters": 5,
     "bench": 6,  # a tool: it times the chapters' panels too
     "flower": 6,  # the optional Flower bridge (methods by name, so above the core); only bench imports it
+    "bench_robust": 6,  # the benchmark's robust section (against ByzFL in a separate interpreter)
 }
 CORE = {name for name, layer in LAYERS.items() if layer == 2}
 

@@ -85,3 +85,63 @@ def test_nna_survives_sign_flipping_that_breaks_the_mean(digits_data):
 def test_bad_settings_are_named(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_label_flipping_without_attackers_leaves_the_run_unchanged_and_flipping_is_an_involution(digits_data):
+    from flbook.attacks import flip_labels
+
+    fed = _fed(digits_data)
+    plain, _ = _run(fed, NNAMixer(f=0), 0.9)
+    flipping, _ = _run(fed, NNAMixer(f=0, attack="label_flipping"), 0.9)
+    name = "MomentumSGD(beta=0.9)"
+    assert torch.equal(flipping.final_models[name], plain.final_models[name])
+    assert torch.equal(flip_labels(flip_labels(fed.y_train, 10), 10), fed.y_train)
+    assert not torch.equal(flip_labels(fed.y_train, 10), fed.y_train)
+
+
+class _Recording(NNAMixer):
+    """An NNAMixer that keeps what the runner handed it."""
+
+    def __call__(self, X, W, info):
+        object.__setattr__(self, "seen", (X.clone(), info.flipped.clone()))
+        return super().__call__(X, W, info)
+
+
+def test_label_flipping_sends_the_honest_mean_minus_gamma_t_times_the_flipped_gradient(digits_data):
+    """The runner's flipped updates are -gamma_t grad at theta_i^t on node i's own batch with labels (C-1) - y."""
+    from flbook.attacks import flip_labels
+
+    fed = _fed(digits_data)
+    mixer = _Recording(f=2, attack="label_flipping")
+    net = Decentralized(fed, uniform_weights(complete(N)), mixer=mixer, lr_schedule=lambda t: 0.5)
+    net.run(MomentumSGD(beta=0.9), 1, progress=False)
+    half, flipped = mixer.seen
+    x0 = fed.initial_model()
+    index = fed.sample_batches(torch.arange(N), None, torch.Generator().manual_seed(fed.seed))[:, 0]  # (N, B)
+    y = flip_labels(fed.y_train, 10)
+    expected = torch.stack([-0.5 * fed.lr * torch.func.grad(fed.context(MomentumSGD()).loss)(x0, fed.x_train[i], y[i])
+                            for i in index])
+    torch.testing.assert_close(flipped, expected, rtol=1e-5, atol=1e-7)
+    good = torch.as_tensor(mixer.counted(N))
+    b = mixer._attack(half[good], flipped[good])
+    torch.testing.assert_close(b, (half[good].mean(0) + flipped[good].mean(0)).expand(2, -1))
+    with pytest.raises(ValueError, match="label_flipping needs the honest nodes' updates"):
+        mixer._attack(half[good])
+
+
+def test_the_step_size_schedule_scales_gamma_and_decays_as_the_code(digits_data):
+    from flbook.decentralized import InverseTimeDecay
+
+    fed, half_lr = _fed(digits_data), _fed(digits_data)
+    half_lr.lr = fed.lr / 2
+    W = uniform_weights(complete(N))
+    a = Decentralized(fed, W, lr_schedule=lambda t: 0.5)
+    a.run(MomentumSGD(beta=0.9), 3, progress=False, label="m")
+    b = Decentralized(half_lr, W)
+    b.run(MomentumSGD(beta=0.9), 3, progress=False, label="m")
+    assert torch.equal(a.final_models["m"], b.final_models["m"])
+    decay = InverseTimeDecay()  # gamma_0 / (floor(s / 50) + 1) at steps s = t - 1
+    assert [decay(t) for t in (1, 50, 51, 100, 101, 151)] == [1.0, 1.0, 0.5, 0.5, 1 / 3, 0.25]
+    assert InverseTimeDecay(tau=167, every=1500)(1501) == pytest.approx(1 / (1500 / 167 + 1))
+    with pytest.raises(ValueError, match="every an integer >= 1"):
+        InverseTimeDecay(every=0)

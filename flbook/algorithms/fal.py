@@ -9,7 +9,8 @@ inside the L-infinity ball B(x, epsilon) by S steps of projected gradient ascent
 then takes the SGD step U <- U - eta_l grad_U l(f_U(x~), y); the server applies the mean client change with a
 global step (FedAvg's `server_lr`). Choices (UNCONFIRMED in the card): PGD starts at x (no random start), so
 epsilon = 0 or S = 0 is FedAvg bit for bit; inputs live in [lo, hi] = [0, 1]. Everything is a pure tensor
-function, so the federation batches the clients, PGD included, under vmap.
+function, so the federation batches the clients, PGD included, under vmap. `RobustAccuracy` is the evaluation
+side: a federation metric that records the PGD test accuracy of any run at every evaluation.
 """
 from __future__ import annotations
 
@@ -65,9 +66,36 @@ class FAL(FedAvg):
 
 @torch.no_grad()
 def robust_accuracy(model, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, epsilon: float,
-                    step_size: float | None = None, steps: int = 10, loss=None) -> float:
-    """Test accuracy of `theta` on PGD-`steps` adversarial examples at radius epsilon (step epsilon / 4 by default)."""
+                    step_size: float | None = None, steps: int = 10, loss=None, chunk: int = 4096) -> float:
+    """Test accuracy of `theta` on PGD-`steps` adversarial examples at radius epsilon (step epsilon / 4 by default),
+    crafted `chunk` samples at a time (each sample's attack depends on that sample only)."""
     loss = loss or (lambda t, xb, yb: torch.nn.functional.cross_entropy(model(t, xb), yb))
-    with torch.enable_grad():
-        x_adv = pgd(loss, theta, x, y, epsilon, epsilon / 4 if step_size is None else step_size, steps)
-    return (model(theta, x_adv).argmax(1) == y).float().mean().item()
+    step_size = epsilon / 4 if step_size is None else step_size
+    hits = 0
+    for i in range(0, len(y), chunk):
+        xb, yb = x[i:i + chunk], y[i:i + chunk]
+        with torch.enable_grad():
+            x_adv = pgd(loss, theta, xb, yb, epsilon, step_size, steps)  # (b, *input_shape)
+        hits += int((model(theta, x_adv).argmax(1) == yb).sum())
+    return hits / len(y)
+
+
+@dataclass(frozen=True)
+class RobustAccuracy:
+    """A history metric (`Federation(..., metrics=[RobustAccuracy(eps)])`): the test accuracy under PGD-`steps` at
+    radius epsilon, as column `robust_acc` beside `test_acc` at every evaluation, whatever algorithm trains."""
+
+    epsilon: float
+    steps: int = 10
+    step_size: float | None = None  # None: epsilon / 4
+    column: str = "robust_acc"
+
+    def __post_init__(self) -> None:
+        if not self.epsilon >= 0 or not (self.step_size is None or self.step_size >= 0):
+            raise ValueError(f"epsilon and step_size must be >= 0, got {self.epsilon} and {self.step_size}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"steps (PGD steps of the test attack) must be an integer >= 0, got {self.steps!r}")
+
+    def __call__(self, federation, theta: torch.Tensor) -> dict[str, float]:
+        return {self.column: robust_accuracy(federation.model, theta, federation.x_test, federation.y_test,
+                                             self.epsilon, self.step_size, self.steps)}

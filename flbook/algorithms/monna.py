@@ -11,11 +11,13 @@ Overhead", ICML 2023, https://arxiv.org/abs/2209.10931; semantics from the offic
 `MomentumSGD` is the node's local step (a `client_update`, so the decentralized runner batches it under vmap);
 `NNAMixer` is the mixing step (a `Mixer` of `flbook.decentralized`): it draws the Byzantine nodes by seed,
 crafts their vector from the honest half-step models (SF, FOE, ALIE; FOE / ALIE line-searched against the mean
-of the honest NNA outputs, as the code's `line_maximize` objective), and replaces each honest model by the rule
-over its received set. rule="nna" is MoNNA's; "trimmed_mean", "geometric_median", "median" and "mean" are the
-paper's baselines in NNA's place. Byzantine nodes' rows are left as they are and excluded from evaluation
-(`counted`). Choices: the code's L2 regulariser lambda_2 ||theta|| and learning-rate decay are left out (the
-chapter tunes a constant gamma alike for every method); label flipping is not among the mixer's attacks.
+of the honest NNA outputs, as the code's `line_maximize` objective; LF, label flipping, as the code's
+`labelflipping`: b = mean_h theta^{t+1/2} - gamma_t mean_h g_i(flipped labels), the gradients at theta_i^t on
+the honest nodes' own batches, which the runner computes, `MixInfo.flipped`), and replaces each honest model by
+the rule over its received set. rule="nna" is MoNNA's; "trimmed_mean", "geometric_median", "median" and "mean"
+are the paper's baselines in NNA's place. Byzantine nodes' rows are left as they are and excluded from
+evaluation (`counted`). The code's decaying step gamma_t is the runner's `lr_schedule`
+(`decentralized.InverseTimeDecay`); its L2 regulariser lambda_2 ||theta|| is left out.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from ..attacks import Attack
 from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors, descend
 
 MIXING_RULES = ("nna", "trimmed_mean", "geometric_median", "median", "mean")
+MIXER_ATTACKS = ("sign_flipping", "foe", "alie", "label_flipping")
 
 
 @dataclass(kw_only=True)
@@ -75,7 +78,7 @@ class NNAMixer:
     """Mixing with f Byzantine nodes: every honest node aggregates its received set (size n - f) with `rule`."""
 
     f: int = 0
-    attack: str = "sign_flipping"  # "sign_flipping", "foe", "alie"
+    attack: str = "sign_flipping"  # one of MIXER_ATTACKS
     line_search: bool = True  # FOE / ALIE: pick the scale against this mixer (else the attack's default scale)
     rule: str = "nna"
     seed: int = 0
@@ -85,8 +88,13 @@ class NNAMixer:
             raise ValueError(f"f must be an integer >= 0, got {self.f!r}")
         if self.rule not in MIXING_RULES:
             raise ValueError(f"rule must be one of {list(MIXING_RULES)}, got {self.rule!r}")
-        if self.attack not in ("sign_flipping", "foe", "alie"):
-            raise ValueError(f"attack must be one of ['sign_flipping', 'foe', 'alie'], got {self.attack!r}")
+        if self.attack not in MIXER_ATTACKS:
+            raise ValueError(f"attack must be one of {list(MIXER_ATTACKS)}, got {self.attack!r}")
+
+    @property
+    def poisons_data(self) -> bool:
+        """Label flipping: the runner hands over every node's plain-SGD update on flipped labels (`MixInfo.flipped`)."""
+        return self.attack == "label_flipping" and self.f > 0
 
     def byzantine(self, n: int) -> torch.Tensor:
         """The f Byzantine node ids among n, drawn by seed (sorted)."""
@@ -105,8 +113,14 @@ class NNAMixer:
             return robust.nearest_neighbour_average(received, self.f, pivots.unsqueeze(-2)).squeeze(-2)
         return _rule(self.rule, self.f)(received)
 
-    def _attack(self, honest: torch.Tensor) -> torch.Tensor:
-        """The Byzantine vectors (f, P) from the honest half-step models (H, P)."""
+    def _attack(self, honest: torch.Tensor, flipped: torch.Tensor | None = None) -> torch.Tensor:
+        """The Byzantine vectors (f, P) from the honest half-step models (H, P) (and, for label flipping, the honest
+        nodes' plain-SGD updates on flipped labels (H, P))."""
+        if self.attack == "label_flipping":
+            if flipped is None:
+                raise ValueError("label_flipping needs the honest nodes' updates on flipped labels (MixInfo.flipped); "
+                                 "run the mixer on flbook.decentralized.Decentralized")
+            return (honest.mean(0) + flipped.mean(0)).expand(self.f, -1)  # mean_h theta^{t+1/2} - gamma_t mean_h g~
         if self.attack == "sign_flipping" or not self.line_search:
             return Attack(self.attack)(honest, self.f)
         h = honest.shape[0]
@@ -128,7 +142,8 @@ class NNAMixer:
         chosen = keys.argsort(dim=1)[:, :h - self.f].to(X.device)  # (H, n_h - f): own + n_h - f - 1 others
         received = honest[chosen]  # (H, n_h - f, P)
         if self.f:
-            b = self._attack(honest).to(X.dtype)  # (f, P): every Byzantine vector reaches every honest node
+            flipped = getattr(info, "flipped", None)
+            b = self._attack(honest, None if flipped is None else flipped[good]).to(X.dtype)  # (f, P), reaches all
             received = torch.cat([received, b.expand(h, self.f, p)], dim=1)  # (H, n - f, P)
         out = X.clone()
         out[good] = self._aggregate(received, honest)
@@ -142,5 +157,5 @@ class NNAMixer:
         return (n - self.f) * (n - self.f - 1) * n_params * torch.tensor([], dtype=dtype).element_size()
 
     def __str__(self) -> str:
-        search = " (line search)" if self.line_search and self.attack != "sign_flipping" else ""
+        search = " (line search)" if self.line_search and self.attack in ("foe", "alie") else ""
         return f"{self.rule} mixing, f={self.f}" + (f", {self.attack}{search}" if self.f else "")

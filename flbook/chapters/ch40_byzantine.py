@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -121,8 +121,9 @@ def nnm_gain(table: pd.DataFrame, rule: str, by: Sequence[str] = ()) -> pd.Serie
 
 
 # ------------------------------------------------------------------------------------------------ the panel
-def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
-    """FedAvg without attack, FedAvg attacked, the rule attacked and NNM + the rule attacked (same federation)."""
+def stream(values: Mapping[str, object], progress: bool = True) -> Iterator[pd.DataFrame]:
+    """FedAvg without attack, FedAvg attacked, the rule attacked and NNM + the rule attacked (same federation),
+    yielding the history after each run, so the panel draws the attack-free curve while the others train."""
     v = {**DEFAULTS, **values}
     n, f, rule = int(v["n_clients"]), int(v["f"]), str(v["rule"])
     if not 0 <= f < n / 2:
@@ -135,9 +136,18 @@ def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
     entries = [("FedAvg, no attack", FedAvg(), None), (f"FedAvg, {attack}", FedAvg(), attack),
                (f"{rule}, {attack}", defence(rule, f), attack),
                (f"NNM + {rule}, {attack}", defence(rule, f, nnm=True), attack)]
-    histories = [fed.run(algorithm, rounds, adversary=None if a is None else adversary(a, f, algorithm, int(v["seed"])),
-                         progress=progress, on_divergence="stop", label=name) for name, algorithm, a in entries]
-    return pd.concat(histories, ignore_index=True)
+    attackers = [None if a is None else adversary(a, f, algorithm, int(v["seed"])) for _, algorithm, a in entries]
+    done: list[pd.DataFrame] = []
+    for (name, algorithm, _), attacker in zip(entries, attackers):
+        done.append(fed.run(algorithm, rounds, adversary=attacker, progress=progress, on_divergence="stop",
+                            label=name))
+        yield pd.concat(done, ignore_index=True)
+
+
+def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
+    """The last history of `stream`: the panel's four runs."""
+    *_, history = stream(values, progress)
+    return history
 
 
 def figure(history: pd.DataFrame) -> Figure:

@@ -2,13 +2,14 @@
 
 The comparison of the card: D-SGD with exact averaging and momentum without attack (the reference), MoNNA
 (beta > 0), NNA without momentum (beta = 0) and the coordinate trimmed mean in NNA's place, all attacked by the
-same f Byzantine nodes. Every method's constant step gamma is chosen alike on a validation split of the honest
-task (the same grid); the score is the mean test accuracy of the honest nodes' own models over the last steps.
+same f Byzantine nodes. Every method's initial step gamma_0 is chosen alike on a validation split of the honest
+task (the same grid); gamma_t decays as in the code, gamma_0 / (floor(t / 50) + 1) (`decay=False`: constant).
+The score is the mean test accuracy of the honest nodes' own models over the last steps.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -16,7 +17,7 @@ from matplotlib.figure import Figure
 from .. import protocol
 from ..algorithms import MomentumSGD, NNAMixer
 from ..data import Dataset, load
-from ..decentralized import Decentralized
+from ..decentralized import Decentralized, InverseTimeDecay
 from ..federation import Federation
 from ..history import window_mean
 from ..partition import dirichlet
@@ -25,8 +26,9 @@ from ..topology import complete, uniform_weights
 from ..widgets import knob
 
 DEFAULTS: dict[str, object] = {"n_nodes": 13, "f": 3, "alpha": 0.5, "attack": "foe", "line_search": True,
-                               "beta": 0.9, "steps": 100, "lr": 0.3, "seed": 0}
-ATTACKS = ("sign_flipping", "foe", "alie")
+                               "beta": 0.9, "steps": 100, "lr": 0.3, "decay": True, "seed": 0}
+ATTACKS = ("sign_flipping", "foe", "alie", "label_flipping")
+DECAY = InverseTimeDecay(tau=50, every=50)  # the code's MNIST schedule: gamma_0 / (floor(t / 50) + 1)
 LAST = 30  # steps over which the honest nodes' accuracy is averaged
 EVAL_EVERY = 10
 
@@ -48,9 +50,11 @@ def make_federation(dataset: Dataset, seed: int, lr: float, *, n_nodes: int = 13
 
 
 def train(fed: Federation, step: MomentumSGD, mixer: NNAMixer | None, steps: int, name: str,
-          progress: bool = False) -> pd.DataFrame:
-    """One run on the complete graph (every node reaches every other; NNAMixer draws who is received)."""
-    net = Decentralized(fed, uniform_weights(complete(fed.n_clients)), mixer=mixer)
+          progress: bool = False, decay: bool = True) -> pd.DataFrame:
+    """One run on the complete graph (every node reaches every other; NNAMixer draws who is received), with the
+    code's decaying step (or a constant one)."""
+    net = Decentralized(fed, uniform_weights(complete(fed.n_clients)), mixer=mixer,
+                        lr_schedule=DECAY if decay else None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a diverged run is kept and scored as chance
         return net.run(step, steps, eval_every=EVAL_EVERY, progress=progress, on_divergence="stop", label=name)
@@ -64,8 +68,8 @@ def score(history: pd.DataFrame, n_classes: int = 10) -> float:
 
 
 def tune(dataset: Dataset, lineup: Mapping[str, tuple], *, steps: int, n_nodes: int, alpha: float,
-         lrs: Sequence[float] = (0.1, 0.3, 1.0)) -> pd.DataFrame:
-    """Every method's gamma from the same grid, on a validation split of the honest task (seed 0, no attack).
+         lrs: Sequence[float] = (0.1, 0.3, 1.0), decay: bool = True) -> pd.DataFrame:
+    """Every method's gamma_0 from the same grid, on a validation split of the honest task (seed 0, no attack).
 
     Without attackers every mixing rule here is the exact mean (NNA and the trimmed mean with f = 0), so the
     honest task depends on beta only: methods that share beta share their tuning runs."""
@@ -76,7 +80,7 @@ def tune(dataset: Dataset, lineup: Mapping[str, tuple], *, steps: int, n_nodes: 
         for lr in lrs:
             if (step.beta, lr) not in scores:
                 fed = make_federation(validation, 0, lr, n_nodes=n_nodes, alpha=alpha)
-                scores[step.beta, lr] = score(train(fed, step, None, steps, name))
+                scores[step.beta, lr] = score(train(fed, step, None, steps, name, decay=decay))
             rows.append({"method": name, "lr": lr, "score": scores[step.beta, lr]})
     table = pd.DataFrame(rows)
     return table.loc[table.groupby("method", sort=False)["score"].idxmax()].set_index("method")
@@ -84,7 +88,7 @@ def tune(dataset: Dataset, lineup: Mapping[str, tuple], *, steps: int, n_nodes: 
 
 def compare(lineup: Mapping[str, tuple], lrs: Mapping[str, float], *, steps: int, n_nodes: int, alpha: float,
             seeds: Sequence[int] = protocol.SEEDS, dataset: Dataset | None = None,
-            progress: bool = False) -> pd.DataFrame:
+            progress: bool = False, decay: bool = True) -> pd.DataFrame:
     """Every method at its chosen gamma on every seed (Byzantine nodes and partition drawn from the seed)."""
     dataset = dataset or load("digits")
     runs = []
@@ -93,7 +97,7 @@ def compare(lineup: Mapping[str, tuple], lrs: Mapping[str, float], *, steps: int
             fed = make_federation(dataset, seed, lrs[name], n_nodes=n_nodes, alpha=alpha)
             mixer = None if mixer is None else NNAMixer(f=mixer.f, attack=mixer.attack, line_search=mixer.line_search,
                                                         rule=mixer.rule, seed=seed)
-            runs.append(train(fed, step, mixer, steps, name, progress).assign(seed=seed, lr=lrs[name]))
+            runs.append(train(fed, step, mixer, steps, name, progress, decay).assign(seed=seed, lr=lrs[name]))
     return pd.concat(runs, ignore_index=True)
 
 
@@ -103,8 +107,9 @@ def per_seed(history: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------ the panel
-def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
-    """The card's four methods on one seed at the panel's gamma, attacked by the panel's attacker."""
+def stream(values: Mapping[str, object], progress: bool = True) -> Iterator[pd.DataFrame]:
+    """The card's four methods on one seed at the panel's gamma_0, attacked by the panel's attacker; yields the
+    history after each method, so the panel draws the attack-free reference while the attacked runs train."""
     v = {**DEFAULTS, **values}
     n, f = int(v["n_nodes"]), int(v["f"])
     if not 0 <= f or not 3 * f < n:
@@ -114,8 +119,16 @@ def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
     seed = int(v["seed"])
     lineup = methods(f, float(v["beta"]), str(v["attack"]), bool(v["line_search"]), seed)
     fed = make_federation(load("digits"), seed, float(v["lr"]), n_nodes=n, alpha=float(v["alpha"]))
-    return pd.concat([train(fed, step, mixer, int(v["steps"]), name, progress)
-                      for name, (step, mixer) in lineup.items()], ignore_index=True)
+    done: list[pd.DataFrame] = []
+    for name, (step, mixer) in lineup.items():
+        done.append(train(fed, step, mixer, int(v["steps"]), name, progress, bool(v["decay"])))
+        yield pd.concat(done, ignore_index=True)
+
+
+def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
+    """The last history of `stream`: the four methods."""
+    *_, history = stream(values, progress)
+    return history
 
 
 def figure(history: pd.DataFrame) -> Figure:
@@ -126,7 +139,7 @@ def figure(history: pd.DataFrame) -> Figure:
 
 
 def controls(**overrides: object) -> dict:
-    """The attacker (f, attack, line search), momentum beta, heterogeneity alpha, step gamma and length."""
+    """The attacker (f, attack, line search), momentum beta, heterogeneity alpha, step gamma_0, its decay and length."""
     v = {**DEFAULTS, **overrides}
     return {"attack": knob("Dropdown", v["attack"], "attack", options=ATTACKS),
             "f": knob("IntSlider", v["f"], "Byzantine f", min=0, max=6, continuous_update=False),
@@ -136,7 +149,8 @@ def controls(**overrides: object) -> dict:
                           readout_format=".3g", continuous_update=False),
             "n_nodes": knob("IntSlider", v["n_nodes"], "nodes", min=4, max=26, continuous_update=False),
             "steps": knob("IntSlider", v["steps"], "steps", min=10, max=600, step=10, continuous_update=False),
-            "lr": knob("FloatLogSlider", v["lr"], "step gamma", base=10, min=-2, max=0, step=0.1,
+            "lr": knob("FloatLogSlider", v["lr"], "step gamma_0", base=10, min=-2, max=0, step=0.1,
                        readout_format=".3g", continuous_update=False),
+            "decay": knob("Checkbox", v["decay"], "decay gamma_0 / (t // 50 + 1)"),
             "seed": knob("BoundedIntText", v["seed"], "seed", min=0, max=2**31 - 1)}
 
