@@ -26,8 +26,7 @@ sample (about 4.4 P for P = 199,210 parameters). Biases, activations, the loss a
 left out: they are memory traffic, not matrix arithmetic. The machine's rate is the best median of `torch.mm`
 over three float32 products with the intra-op thread count the round runs with: the square one of side
 `--peak-size` (1024) and the wide ones of 256 and 32 rows by the same (1024, 1024) matrix. The square rate is
-printed too: on some CPUs the BLAS reaches only about half its best rate on it, and a fraction of that rate
-would flatter the round.
+printed too: on shared cores it can fall to half the best rate, and a fraction of it would flatter the round.
 
 What a reader waits for (`--reader`): for every chapter's control panel (and the foundations' panel of
 chapters 00-02), the seconds from pressing Run at its default settings to the figure, in this process; and
@@ -183,9 +182,10 @@ def matmul_rate(device: torch.device, size: int = 1024, repeats: int = 5, rows: 
 def peak_rate(device: torch.device, size: int = 1024, repeats: int = 5) -> tuple[float, float]:
     """(the square product's rate, the best rate over square and wide products) in FLOP/s.
 
-    The BLAS does not reach its best rate on every shape: on some CPUs (x86_64 with MKL on an AMD core, for one) a
-    (size/4, size) by (size, size) or (32, size) by (size, size) product runs about twice as fast as the square one,
-    so the limit a round is held to is the best of the three."""
+    The BLAS does not reach its best rate on every shape, and the square product, whose three matrices outgrow a
+    core's cache, loses most when other processes share the caches (on 2 shared cores: about 40 GFLOP/s against
+    80-90 for the (size/4, size) by (size, size) and (32, size) by (size, size) products, which match it when the
+    machine is idle), so the limit a round is held to is the best of the three."""
     square = matmul_rate(device, size, repeats)
     return square, max(square, *(matmul_rate(device, size, repeats, rows) for rows in (max(1, size // 4), 32)))
 
