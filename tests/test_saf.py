@@ -140,3 +140,16 @@ def test_without_the_trajectory_loss_the_chapter_claim_fails():
     sgd = accuracy("SGD")
     assert verdict([a - b for a, b in zip(accuracy("SAF"), sgd)]) == "holds"
     assert verdict([a - b for a, b in zip(accuracy("SAF", lam=0.0), sgd)]) == "does not hold"
+
+
+def test_chapter_stream_yields_after_each_run_and_run_is_its_last():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from flbook.chapters import ch73_saf as chapter
+    values = {"epochs": 2, "start": 0, "lookback": 1, "batch_size": 256, "algorithms": ("SGD", "SAF")}
+    steps = list(chapter.stream(values, progress=False))
+    assert [list(h["algorithm"].unique()) for h in steps] == [["SGD"], ["SGD", "SAF"]]
+    assert steps[0].equals(steps[1].iloc[:len(steps[0])])
+    plt.close(chapter.figure(steps[0]))  # the first method alone draws
+    keep = [c for c in steps[-1].columns if c != "wall_time"]
+    pd.testing.assert_frame_equal(steps[-1][keep], chapter.run(values, progress=False)[keep])

@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -110,3 +111,14 @@ def test_breaking_pruning_or_the_local_loss_phase_changes_the_chapters_counts():
     assert abs(ratio(chapter.costs({**values, "keep": 1.0})) - values["keep"]) > 0.4
     without = chapter.costs({**values, "local_loss": False})
     assert without.loc["SFPrompt", "client GFLOPs per round"] < 0.6 * table.loc["SFPrompt", "client GFLOPs per round"]
+
+
+def test_stream_yields_after_each_task_and_run_is_its_last():
+    from flbook.chapters import ch60_sfprompt as chapter
+    values = {"n_clients": 3, "rounds": 2, "algorithms": ("FL linear probe", "SFPrompt"), "prompts": 2, "seeds": 1,
+              "tune": False}
+    steps = list(chapter.stream(values, progress=False))
+    assert [sorted(h["algorithm"].unique()) for h in steps] == [["FL linear probe"], ["FL linear probe", "SFPrompt"]]
+    assert steps[0].equals(steps[1].iloc[:len(steps[0])])
+    pd.testing.assert_frame_equal(steps[-1].drop(columns="wall_time"),
+                                  chapter.run(values, progress=False).drop(columns="wall_time"))

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
@@ -154,8 +153,9 @@ def costs(v: Mapping[str, object]) -> pd.DataFrame:
     return table
 
 
-def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
-    """Every chosen method, tuned alike on a validation split (or at values["lr"]), on values["seeds"] seeds.
+def stream(values: Mapping[str, object], progress: bool = True) -> Iterator[pd.DataFrame]:
+    """Every chosen method, tuned alike on a validation split (or at values["lr"]), on values["seeds"] seeds; yields
+    the history so far after the methods of each task (split point and prompt length), so a panel draws early.
 
     The history gains `MB` (cumulative bytes both ways, smashed data included); attrs hold the costs table and
     the step sizes chosen."""
@@ -178,10 +178,16 @@ def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
                                       tune_rounds=max(2, rounds // 2), eval_every=2)
         histories.append(result.history)
         choices.append(result.choices())
-    history = pd.concat(histories, ignore_index=True)
-    smashed = history.algorithm.map(table["smashed MB per round"]) * history["round"]  # (rows,)
-    history["MB"] = (history.bytes_up + history.bytes_down) / 1e6 + smashed
-    history.attrs = {"costs": table, "choices": pd.concat(choices)}
+        history = pd.concat(histories, ignore_index=True)
+        smashed = history.algorithm.map(table["smashed MB per round"]) * history["round"]  # (rows,)
+        history["MB"] = (history.bytes_up + history.bytes_down) / 1e6 + smashed
+        history.attrs = {"costs": table, "choices": pd.concat(choices)}
+        yield history
+
+
+def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
+    """The whole comparison of `stream`: every chosen method on every seed."""
+    *_, history = stream(values, progress)
     return history
 
 

@@ -7,7 +7,7 @@ top Hessian eigenvalue of the training loss at the end.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -64,14 +64,23 @@ def methods(values: Mapping[str, object]) -> dict[str, Build]:
     return {name: build(name, values) for name in chosen({**DEFAULTS, **values}, METHODS)}
 
 
-def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
-    """Every selected method at the panel's learning rate on digits with `noise` label noise, for `seeds` seeds."""
+def stream(values: Mapping[str, object], progress: bool = True) -> Iterator[pd.DataFrame]:
+    """Every selected method at the panel's learning rate on digits with `noise` label noise, for `seeds` seeds;
+    yields the history so far after each run, so a panel draws the first method's curve while the others train."""
     v = {**DEFAULTS, **values}
     data = noisy_labels(load("digits"), float(v["noise"]))
-    runs = [(name, make, seed) for name, make in methods(v).items() for seed in range(int(v["seeds"]))]
-    return pd.concat([fit(make, data, seed=seed, lr=float(v["lr"]), epochs=int(v["epochs"]),
-                          batch_size=int(v["batch_size"]), label=name, progress=progress)
-                      for name, make, seed in runs], ignore_index=True)
+    histories = []
+    for name, make in methods(v).items():
+        for seed in range(int(v["seeds"])):
+            histories.append(fit(make, data, seed=seed, lr=float(v["lr"]), epochs=int(v["epochs"]),
+                                 batch_size=int(v["batch_size"]), label=name, progress=progress))
+            yield pd.concat(histories, ignore_index=True)
+
+
+def run(values: Mapping[str, object], progress: bool = True) -> pd.DataFrame:
+    """The whole comparison of `stream`."""
+    *_, history = stream(values, progress)
+    return history
 
 
 def summary(history: pd.DataFrame, last: int = 5) -> pd.DataFrame:
