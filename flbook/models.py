@@ -6,7 +6,9 @@ runs for one client or, under `torch.func.vmap`, for a whole cohort.
 """
 from __future__ import annotations
 
+import copy
 import math
+import threading
 
 import torch
 from torch import nn
@@ -21,7 +23,9 @@ class FlatModel:
     def __init__(self, module: nn.Module, kind: str):
         if any(True for _ in module.buffers()):
             raise ValueError("FlatModel supports modules without buffers (use GroupNorm, not BatchNorm)")
-        self.module = module
+        self._module = module
+        self._owner = threading.get_ident()
+        self._copies: dict[int, nn.Module] = {}  # thread id -> that thread's copy of the architecture
         self.kind = kind
         named = list(module.named_parameters())
         self.names = [name for name, _ in named]
@@ -29,6 +33,17 @@ class FlatModel:
         self.numels = [p.numel() for _, p in named]
         self.n_params = sum(self.numels)
         self._activations: int | None = None
+
+    @property
+    def module(self) -> nn.Module:
+        """The architecture. `functional_call` swaps a module's parameters in place while it runs, so a thread other
+        than the one that built the model (an executor's chunk worker) gets a copy of its own."""
+        thread = threading.get_ident()
+        if thread == self._owner:
+            return self._module
+        if thread not in self._copies:
+            self._copies[thread] = copy.deepcopy(self._module)
+        return self._copies[thread]
 
     def activations_per_sample(self, sample: torch.Tensor) -> int:
         """Floats of intermediate outputs for one input sample (measured once with forward hooks).
@@ -66,7 +81,8 @@ class FlatModel:
 
     def to(self, device: torch.device | str) -> "FlatModel":
         """Move the architecture's (unused) parameters to `device`, so `functional_call` sees one device."""
-        self.module.to(device)
+        self._module.to(device)
+        self._copies.clear()
         return self
 
     def __repr__(self) -> str:

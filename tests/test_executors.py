@@ -7,7 +7,7 @@ from torch import nn
 
 from flbook.algorithms import FedAvg, FedLD
 from flbook.algorithms.base import LocalContext
-from flbook.executors import BackpropContext, _is_perceptron
+from flbook.executors import BackpropContext, BatchedExecutor, Cohort, _is_perceptron
 from flbook.federation import Federation
 from flbook.models import FlatModel, cnn, logistic, mlp
 
@@ -59,3 +59,19 @@ def test_batched_mlp_round_needs_no_torch_func_grad(digits_data, monkeypatch):
     assert np.array_equal(fed.run(FedAvg(), 2, progress=False).test_loss.to_numpy(), expected)
     with pytest.raises(AssertionError, match="torch.func.grad was called"):  # a method's own loss still uses it
         fed.run(FedLD(margin=0.1, principal_gradient=False), 1, progress=False)
+
+
+def test_chunks_trained_side_by_side_through_functional_call_give_the_same_bits(digits_data):
+    """`functional_call` swaps the module's parameters while it runs: each worker thread gets its own module."""
+    parts = [torch.arange(k, len(digits_data.y_train), 6).numpy() for k in range(6)]
+    fed = Federation(digits_data, parts, cnn((1, 8, 8), 10), local_steps=3, batch_size=16, executor="batched")
+    ids = torch.arange(6)
+    index = fed.sample_batches(ids, None, torch.Generator().manual_seed(0))  # (6, K, B)
+    down = {"x": fed.initial_model()}
+    one, _ = BatchedExecutor(chunk_size=2, workers=1)(FedAvg(), down, {}, Cohort(fed.x_train, fed.y_train, index),
+                                                       fed.context(FedAvg()))
+    for _ in range(3):
+        two, _ = BatchedExecutor(chunk_size=2, workers=2)(FedAvg(), down, {},
+                                                           Cohort(fed.x_train, fed.y_train, index),
+                                                           fed.context(FedAvg()))
+        assert torch.equal(one["delta"], two["delta"])
