@@ -29,6 +29,7 @@ from torch import nn
 
 from . import validation as V
 from .algorithms.base import Algorithm, Batches, LocalContext, Tensors, descend
+from .models import is_perceptron
 
 
 @dataclass(frozen=True)
@@ -86,15 +87,6 @@ def _threads(workers: int) -> ThreadPoolExecutor:
 def _owners(cohort: Cohort) -> list[int] | None:
     """The block of each row (M,), or None when the cohort has no blocks."""
     return None if cohort.blocks is None else [g for g, n in enumerate(cohort.blocks) for _ in range(n)]
-
-
-def _is_perceptron(module: nn.Module) -> bool:
-    """True for Sequential(Flatten, Linear, ReLU, Linear, ..., ReLU, Linear) with biases: `models.mlp`, `logistic`."""
-    layers = list(module.children()) if isinstance(module, nn.Sequential) else []
-    pattern = [nn.Flatten] + [nn.Linear, nn.ReLU] * (len(layers) // 2 - 1) + [nn.Linear]
-    return (len(layers) == len(pattern) and all(type(m) is kind for m, kind in zip(layers, pattern))
-            and (layers[0].start_dim, layers[0].end_dim) == (1, -1)
-            and all(m.bias is not None for m in layers if isinstance(m, nn.Linear)))
 
 
 def _uses_cross_entropy(loss_fn) -> bool:
@@ -217,7 +209,7 @@ class BatchedExecutor:
     def __call__(self, algo: Algorithm, down: Tensors, client_state: Tensors, cohort: Cohort, ctx: LocalContext,
                  down_per_client: bool = False) -> tuple[Tensors, Tensors]:
         n_steps = cohort.index.shape[1]
-        if _is_perceptron(ctx.model.module) and type(ctx) is LocalContext:  # a subclass keeps its own gradient
+        if is_perceptron(ctx.model.module) and type(ctx) is LocalContext:  # a subclass keeps its own gradient
             ctx = BackpropContext(**{f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)})
 
         def one_client(chunk_ctx, client_down, state, xb, yb, active, lr):

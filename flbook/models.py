@@ -11,10 +11,20 @@ import math
 import threading
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
 from . import validation as V
+
+
+def is_perceptron(module: nn.Module) -> bool:
+    """True for Sequential(Flatten, Linear, ReLU, Linear, ..., ReLU, Linear) with biases: `mlp`, `logistic`."""
+    layers = list(module.children()) if isinstance(module, nn.Sequential) else []
+    pattern = [nn.Flatten] + [nn.Linear, nn.ReLU] * (len(layers) // 2 - 1) + [nn.Linear]
+    return (len(layers) == len(pattern) and all(type(m) is kind for m, kind in zip(layers, pattern))
+            and (layers[0].start_dim, layers[0].end_dim) == (1, -1)
+            and all(m.bias is not None for m in layers if isinstance(m, nn.Linear)))
 
 
 class FlatModel:
@@ -32,6 +42,10 @@ class FlatModel:
         self.shapes = [p.shape for _, p in named]
         self.numels = [p.numel() for _, p in named]
         self.n_params = sum(self.numels)
+        # Flatten, Linear, ReLU, ..., Linear: called layer by layer (the same ops as the module, without the cost of
+        # functional_call, which swaps the module's parameters on every call)
+        self._linears = ([n for n, m in module.named_children() if isinstance(m, nn.Linear)]
+                         if is_perceptron(module) else None)
         self._activations: int | None = None
 
     @property
@@ -77,7 +91,14 @@ class FlatModel:
 
     def __call__(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Logits of the model with parameters `theta` on inputs `x` (B, *input_shape) -> (B, classes)."""
-        return functional_call(self.module, self.unflatten(theta), (x,))
+        params = self.unflatten(theta)
+        if self._linears is None:
+            return functional_call(self.module, params, (x,))
+        h = x.flatten(1)  # (B, D)
+        for i, name in enumerate(self._linears):
+            h = F.linear(h, params[f"{name}.weight"], params[f"{name}.bias"])  # (B, out_l)
+            h = h.relu() if i + 1 < len(self._linears) else h
+        return h
 
     def to(self, device: torch.device | str) -> "FlatModel":
         """Move the architecture's (unused) parameters to `device`, so `functional_call` sees one device."""

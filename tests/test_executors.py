@@ -7,9 +7,9 @@ from torch import nn
 
 from flbook.algorithms import FedAvg, FedLD
 from flbook.algorithms.base import LocalContext
-from flbook.executors import BackpropContext, BatchedExecutor, Cohort, _is_perceptron
+from flbook.executors import BackpropContext, BatchedExecutor, Cohort
 from flbook.federation import Federation
-from flbook.models import FlatModel, cnn, logistic, mlp
+from flbook.models import FlatModel, cnn, is_perceptron, logistic, mlp
 
 
 def _stacked_grads(ctx: LocalContext, n_clients: int, batch: int, n_features: int) -> torch.Tensor:
@@ -39,12 +39,12 @@ def test_other_losses_fall_back_to_autograd():
 
 
 def test_only_flatten_linear_relu_chains_take_the_explicit_path():
-    assert _is_perceptron(mlp(64, 10).module) and _is_perceptron(logistic(64, 10).module)
-    assert not _is_perceptron(cnn((1, 8, 8), 10).module)
-    assert not _is_perceptron(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Linear(3, 2)))  # no ReLU between
-    assert not _is_perceptron(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)))
-    assert not _is_perceptron(nn.Sequential(nn.Flatten(), nn.Linear(4, 2, bias=False)))
-    assert not _is_perceptron(FlatModel(nn.Sequential(nn.Flatten(0), nn.Linear(4, 2)), "custom").module)
+    assert is_perceptron(mlp(64, 10).module) and is_perceptron(logistic(64, 10).module)
+    assert not is_perceptron(cnn((1, 8, 8), 10).module)
+    assert not is_perceptron(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Linear(3, 2)))  # no ReLU between
+    assert not is_perceptron(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)))
+    assert not is_perceptron(nn.Sequential(nn.Flatten(), nn.Linear(4, 2, bias=False)))
+    assert not is_perceptron(FlatModel(nn.Sequential(nn.Flatten(0), nn.Linear(4, 2)), "custom").module)
 
 
 def test_batched_mlp_round_needs_no_torch_func_grad(digits_data, monkeypatch):

@@ -66,3 +66,13 @@ def test_bad_inputs():
 def test_models_that_cannot_work_are_refused(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_a_perceptron_is_called_layer_by_layer_with_the_modules_bits():
+    from torch.func import functional_call
+    for model in (mlp(64, 10, hidden=(32, 16)), logistic(64, 10)):
+        theta = model.init(3)
+        x = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        assert model._linears is not None
+        assert torch.equal(model(theta, x), functional_call(model.module, model.unflatten(theta), (x,)))
+    assert cnn((1, 8, 8), 10)._linears is None  # anything else goes through functional_call
