@@ -30,6 +30,14 @@ def two_class_split(labels: np.ndarray, n_clients: int, seed: int = 0) -> list[n
 
 
 @pytest.fixture(autouse=True)
+def _same_random_state():
+    """Every test starts from one global random state, so a draw a test does not seed itself is the same whatever
+    ran before it (the suite's outcome does not depend on the order of the tests)."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(autouse=True)
 def _one_thread():
     """Unit tests use one intra-op thread: tiny models, two cores, several processes."""
     before = torch.get_num_threads()
