@@ -173,14 +173,18 @@ class BatchedExecutor:
         self.memory_budget = None if memory_budget is None else V.integer("memory_budget", memory_budget, 1)  # bytes
         self.workers = None if workers is None else V.integer("workers", workers, 1, 1024)
 
-    def workers_for(self, cohort: Cohort) -> int:
+    def workers_for(self, cohort: Cohort, ctx: LocalContext) -> int:
         """CPU threads that train chunks side by side: the user's choice, else every core when each op runs on one
-        thread (`Federation.thread_count`): chunks are independent and give the same bits in any order. On an idle
-        2-core machine a 100-client MLP round of several chunks takes 0.65 of its one-thread time; when another
-        process keeps the other core busy, about 1.1 of it (`python -m flbook.bench`)."""
+        thread (`Federation.thread_count`) and either the chunks are lockstep runs' or the gradient is the explicit
+        backpropagation (`BackpropContext`: large tensor ops, little interpreter time per op, so threads do not
+        wait on each other). Chunks are independent and give the same bits in any order. On an idle 2-core machine
+        a 100-client MLP round of several chunks takes 0.65 of its one-thread time; when another process keeps the
+        other core busy, about 1.1 of it (`python -m flbook.bench`)."""
         if self.workers is not None:
             return self.workers
         if cohort.x.device.type != "cpu" or torch.get_num_threads() > 1:
+            return 1
+        if cohort.blocks is None and not isinstance(ctx, BackpropContext):
             return 1
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -239,7 +243,7 @@ class BatchedExecutor:
             return mapped(client_down, _rows(client_state, rows), cohort.x[index], cohort.y[index], active, lr)
 
         parts = chunks(cohort.blocks or (cohort.size,), self.chunk_for(cohort, ctx))
-        workers = min(len(parts), self.workers_for(cohort))
+        workers = min(len(parts), self.workers_for(cohort, ctx))
         done = list(_threads(workers).map(train, parts)) if workers > 1 else [train(rows) for rows in parts]
         messages, states = [m for m, _ in done], [s for _, s in done]
         return _cat(messages), (_cat(states) if client_state else {})

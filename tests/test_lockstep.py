@@ -1,4 +1,5 @@
 """Lockstep runs: each run's history equals its single run; divergence, grouping in the protocol, bad input."""
+import dataclasses
 import os
 import warnings
 
@@ -10,7 +11,7 @@ import torch
 from flbook import Federation, lockstep as L, protocol
 from flbook.algorithms import FedAdam, FedAMD, FedAvg, FedAvgM, FedProx, Scaffold
 from flbook.channel import CompressedChannel, NoisyChannel, top_k
-from flbook.executors import BatchedExecutor, Cohort, LoopExecutor, chunks
+from flbook.executors import BackpropContext, BatchedExecutor, Cohort, LoopExecutor, chunks
 from flbook.rounds import DivergenceError
 from flbook.runtime import cpu_threads
 from flbook.partition import dirichlet
@@ -224,10 +225,13 @@ def test_chunks_of_stacked_runs_train_side_by_side_to_the_same_bits(digits_data)
     alone, _ = make(digits_data, 1, 0.3).train_cohort(FedAvg(), {"x": x[1]}, index[3:])
     assert torch.equal(one["delta"][3:], alone["delta"])  # a chunk inside one run computes what that run would
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    with cpu_threads(1):  # ops on one thread each: every core trains chunks
-        assert BatchedExecutor().workers_for(Cohort(fed.x_train, fed.y_train, index)) == cores
+    ctx, cohort = fed.context(FedAvg()), Cohort(fed.x_train, fed.y_train, index)
+    explicit = BackpropContext(**{f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)})
+    with cpu_threads(1):  # ops on one thread each: every core trains the MLP's explicit-backprop chunks...
+        assert BatchedExecutor().workers_for(cohort, explicit) == cores
+        assert BatchedExecutor().workers_for(cohort, ctx) == 1  # ...one at a time through autograd transforms
     with cpu_threads(2):  # ops that already spread over cores: one chunk at a time
-        assert BatchedExecutor().workers_for(Cohort(fed.x_train, fed.y_train, index)) == 1
+        assert BatchedExecutor().workers_for(cohort, explicit) == 1
     with pytest.raises(ValueError, match="workers"):
         BatchedExecutor(workers=0)
 
