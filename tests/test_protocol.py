@@ -228,3 +228,12 @@ def test_a_variant_brings_its_own_task_a_compressed_channel_built_afresh_for_eve
     links = compare_channels(data, make, {"FedAvg": None, "FedAvg + top-k": lambda fed: CompressedChannel(
         top_k(0.1), layers=fed.model)}, rounds=2, lrs=(0.1, 0.3), max_extensions=0)
     assert links.history.equals(result.history)  # the same comparison, from the cache
+
+
+def test_dirichlet_task_builds_one_federation_per_seed_at_the_given_lr(digits_data):
+    from flbook.protocol import dirichlet_task
+    make = dirichlet_task(alpha=0.3, n_clients=6, local_steps=2, model="logistic")
+    a, b = make(digits_data, 0, 0.2), make(digits_data, 1, 0.2)
+    assert a.n_clients == 6 and a.lr == 0.2 and a.local_steps == 2 and a.seed == 0
+    assert not all(np.array_equal(p, q) for p, q in zip(a.partition, b.partition))  # each seed its own split
+    assert all(np.array_equal(p, q) for p, q in zip(a.partition, make(digits_data, 0, 0.5).partition))

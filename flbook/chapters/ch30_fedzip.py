@@ -19,10 +19,8 @@ from ..channel import COMPRESSORS, CompressedChannel, Compressor, fedzip, top_k
 from ..channel.compression import KMeans
 from ..channel.compression import FEDZIP_ENCODERS
 from ..data import Dataset
-from ..federation import Federation
 from ..history import window_mean
 from ..models import FlatModel
-from ..partition import partition
 from ..plots import bytes_figure
 from ..protocol import SEEDS
 from ..widgets import federation_from, knob, standard_controls
@@ -60,16 +58,9 @@ LRS: tuple[float, ...] = (0.2, 0.4, 0.8)  # every uplink's learning-rate grid, e
 SMALL_COST = 0.02  # "close to uncompressed": within two points
 
 
-def make_federation(alpha: float = 0.5, n_clients: int = 10, local_steps: int = 5, batch_size: int = 32,
-                    model: str = "mlp") -> protocol.MakeFederation:
-    """The chapter's task as the protocol wants it: (dataset, seed, lr) -> a Dirichlet(alpha) federation whose
-    lossless link counts every byte."""
-    def make(dataset: Dataset, seed: int, lr: float) -> Federation:
-        parts = partition("dirichlet", dataset.y_train, n_clients, seed=seed, alpha=alpha)
-        fed = Federation(dataset, parts, model, local_steps=local_steps, batch_size=batch_size, lr=lr, seed=seed)
-        fed.channel = CompressedChannel(layers=fed.model)
-        return fed
-    return make
+def make_federation(**task: object) -> protocol.MakeFederation:
+    """The chapter's task (`protocol.dirichlet_task`) over a lossless link that counts every byte."""
+    return protocol.with_channel(protocol.dirichlet_task(**task), lambda fed: CompressedChannel(layers=fed.model))
 
 
 def uplinks(z: float = 0.1, clusters: int = 3) -> dict[str, Compressor | None]:

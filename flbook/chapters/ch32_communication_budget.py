@@ -17,8 +17,6 @@ from .. import protocol
 from ..algorithms import BASELINES
 from ..channel import CompressedChannel, Compressor, qsgd, top_k, uniform
 from ..data import Dataset
-from ..federation import Federation
-from ..partition import partition
 from ..plots import budget_figure
 from ..widgets import chosen, compression_channel_from, compression_controls, compressor_from, federation_from, \
     standard_controls
@@ -32,16 +30,9 @@ LRS: tuple[float, ...] = (0.2, 0.4, 0.8)  # every uplink's learning-rate grid, e
 NO_LOSS, MEMORY_GAIN = 0.01, 0.05  # "loses no accuracy": within one point; error feedback's gain: over five
 
 
-def make_federation(alpha: float = 0.5, n_clients: int = 10, local_steps: int = 5, batch_size: int = 32,
-                    model: str = "mlp") -> protocol.MakeFederation:
-    """The chapter's task (chapter 30's) as the protocol wants it: (dataset, seed, lr) -> a Dirichlet(alpha)
-    federation whose lossless link counts every byte."""
-    def make(dataset: Dataset, seed: int, lr: float) -> Federation:
-        parts = partition("dirichlet", dataset.y_train, n_clients, seed=seed, alpha=alpha)
-        fed = Federation(dataset, parts, model, local_steps=local_steps, batch_size=batch_size, lr=lr, seed=seed)
-        fed.channel = CompressedChannel(layers=fed.model)
-        return fed
-    return make
+def make_federation(**task: object) -> protocol.MakeFederation:
+    """The chapter's task (`protocol.dirichlet_task`) over a lossless link that counts every byte."""
+    return protocol.with_channel(protocol.dirichlet_task(**task), lambda fed: CompressedChannel(layers=fed.model))
 
 
 def uplinks(sparse: float = 0.01) -> dict[str, tuple[Compressor | None, bool]]:
