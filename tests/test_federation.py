@@ -417,3 +417,10 @@ def test_a_round_whose_every_sender_is_byzantine_is_reported_not_silently_unatta
     with pytest.warns(RuntimeWarning, match=r"rounds every sender was Byzantine"):
         history = fed.run(FedAvg(), 8, adversary=Adversary(Attack("sign_flipping"), f=2, seed=0), progress=False)
     assert 0 < history.attrs["unattacked_rounds"] < 8 and len(history.attrs["byzantine"]) == 2
+
+
+def test_auto_executor_batches_the_models_it_wins_for_on_a_cpu(digits_data, skewed):
+    from flbook.transformer import vit
+    picks = {kind: Federation(digits_data, skewed, model, device="cpu").executor_for(FedAvg()).name
+             for kind, model in (("mlp", "mlp"), ("cnn", "cnn"), ("vit", vit(digits_data.input_shape, 10)))}
+    assert picks == {"mlp": "batched", "cnn": "loop", "vit": "batched"}
