@@ -23,7 +23,7 @@ from .channel import Channel, delivered
 from .data import Dataset
 from .executors import BatchedExecutor, Cohort, LoopExecutor
 from .history import row as history_row
-from .models import MODELS, FlatModel, make_model
+from .models import MODELS, FlatModel, cross_entropy, make_model
 from .participation import Participation, Uniform
 from .rounds import (ClientStates, RunState, check_algorithm, check_run, report_attack, report_divergence,
                      report_empty_rounds, train_rounds)
@@ -260,7 +260,7 @@ class Federation:
     def evaluate(self, theta: torch.Tensor) -> dict[str, float]:
         """Global test accuracy and loss of parameters `theta`."""
         logits = self._predict(theta, self.x_test)
-        loss = torch.nn.functional.cross_entropy(logits, self.y_test).item()
+        loss = cross_entropy(logits, self.y_test).item()
         acc = (logits.argmax(1) == self.y_test).float().mean().item()
         return {"test_acc": acc, "test_loss": loss}
 

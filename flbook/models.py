@@ -18,6 +18,22 @@ from torch.func import functional_call
 from . import validation as V
 
 
+def log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """log softmax over the classes of (B, C) logits, computed along the batch axis of the transposed view.
+
+    PyTorch's CPU kernel for a short last axis handles one row at a time: for 10 classes it runs about 8x slower
+    than the kernel that vectorizes across rows (1248 x 10 floats: 217 vs 26 us on one thread), which made it the
+    largest single cost of a logistic-regression step. The values agree to float rounding."""
+    if logits.dim() != 2:
+        return logits.log_softmax(-1)
+    return logits.t().log_softmax(0).t()  # (B, C)
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of (B, C) logits against labels (B,): F.cross_entropy through the faster `log_softmax`."""
+    return F.nll_loss(log_softmax(logits), y)
+
+
 def is_perceptron(module: nn.Module) -> bool:
     """True for Sequential(Flatten, Linear, ReLU, Linear, ..., ReLU, Linear) with biases: `mlp`, `logistic`."""
     layers = list(module.children()) if isinstance(module, nn.Sequential) else []

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch
-import torch.nn.functional as F
 
-from ..models import FlatModel
+from ..models import FlatModel, cross_entropy
 
 Tensors = dict[str, torch.Tensor]
 
@@ -136,7 +135,7 @@ class Algorithm(ABC):
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The local training loss; cross-entropy unless a method changes it."""
-        return F.cross_entropy(logits, y)
+        return cross_entropy(logits, y)
 
     @abstractmethod
     def client_update(self, down: Tensors, client_state: Tensors, batches: Batches,

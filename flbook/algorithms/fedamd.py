@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ..models import cross_entropy
 from ..runtime import cpu_threads
 from .. import validation as V
 from .base import Algorithm, Batches, LocalContext, RoundInfo, Tensors, descend
@@ -107,7 +107,7 @@ class FedAMD(Algorithm):
 def anchor_table(fed: Federation, theta: torch.Tensor | None = None) -> torch.Tensor:
     """Every client's full local gradient at `theta` (default x^0), shape (N, P): FedAMD's initial table."""
     theta = fed.initial_model() if theta is None else theta
-    ctx = LocalContext(fed.model, fed.lr, fed.weight_decay, F.cross_entropy, eager=True)
+    ctx = LocalContext(fed.model, fed.lr, fed.weight_decay, cross_entropy, eager=True)
     shards = (torch.as_tensor(ids, device=fed.device) for ids in fed.partition)
     with cpu_threads(fed.thread_count()):  # the federation's thread count: one for small models on a CPU
         return torch.stack([ctx.grad(theta, fed.x_train[ids], fed.y_train[ids]) for ids in shards])

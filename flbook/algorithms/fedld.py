@@ -29,9 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from ..models import FlatModel
+from ..models import FlatModel, cross_entropy
 from .. import validation as V
 from .base import RoundInfo, Tensors
 from .fedavg import FedAvg
@@ -84,7 +83,7 @@ class FedLD(FedAvg):
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # CE(Z, y) + lambda * log(1 + ||softmax(Z)||_F^2)   (margin control, MarginalLogLoss)
-        ce = F.cross_entropy(logits, y)
+        ce = cross_entropy(logits, y)
         return ce + self.margin * margin_penalty(logits) if self.margin else ce
 
     def aggregate(self, x: torch.Tensor, server_state: Tensors, messages: Tensors, weights: torch.Tensor,
