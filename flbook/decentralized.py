@@ -206,7 +206,7 @@ class Decentralized:
         active = None if steps is None else torch.arange(index.shape[1], device=fed.device) < steps[:, None]  # (M, K)
 
         def one(x: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, on: torch.Tensor | None) -> torch.Tensor:
-            return Algorithm.local_sgd(x, ctx.sgd_step, Batches(xb, yb, on)) - x
+            return ctx.sgd(x, Batches(xb, yb, on)) - x
 
         delta = torch.func.vmap(one, in_dims=(0, 0, 0, None if active is None else 0))(
             X, fed.x_train[index], y[index], active)  # (M, P)

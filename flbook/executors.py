@@ -106,19 +106,34 @@ class BackpropContext(LocalContext):
     def grad(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not _uses_cross_entropy(self.loss_fn):
             return super().grad(theta, x, y)
-        params, grads = self._backprop(theta, x, y)
-        return torch.cat([grads[name].reshape(-1) for name in self.model.names])  # (P,)
+        return self._flat(self._backprop(self.model.unflatten(theta), x, y))  # (P,)
 
     def sgd_step(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The step layer by layer, W_l - eta_l dW_l, so the flat gradient (P,) is never written (the same bits)."""
         if not _uses_cross_entropy(self.loss_fn):
             return super().sgd_step(theta, x, y)
-        params, grads = self._backprop(theta, x, y)
-        return torch.cat([descend(params[name], grads[name], self.lr).reshape(-1) for name in self.model.names])
+        return self._flat(self._step(self.model.unflatten(theta), x, y))
 
-    def _backprop(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[Tensors, Tensors]:
-        """The parameters as views of theta and the gradient of each (weight decay included), by name."""
+    def sgd(self, theta: torch.Tensor, batches: Batches) -> torch.Tensor:
+        """All K steps on the layers' own tensors, flattened once at the end (the same bits as K `sgd_step`s)."""
+        if not _uses_cross_entropy(self.loss_fn):
+            return super().sgd(theta, batches)
         params = self.model.unflatten(theta)
+        for k in range(batches.n_steps):
+            new = self._step(params, batches.x[k], batches.y[k])
+            params = new if batches.active is None else {n: torch.where(batches.active[k], new[n], params[n])
+                                                         for n in new}  # a padding step keeps the parameters
+        return self._flat(params)
+
+    def _step(self, params: Tensors, x: torch.Tensor, y: torch.Tensor) -> Tensors:
+        grads = self._backprop(params, x, y)
+        return {name: descend(params[name], grads[name], self.lr) for name in self.model.names}
+
+    def _flat(self, params: Tensors) -> torch.Tensor:
+        return torch.cat([params[name].reshape(-1) for name in self.model.names])  # (P,)
+
+    def _backprop(self, params: Tensors, x: torch.Tensor, y: torch.Tensor) -> Tensors:
+        """The gradient of each parameter (weight decay included), by name."""
         linears = [name for name, m in self.model.module.named_children() if isinstance(m, nn.Linear)]
         h = x.flatten(1)  # (B, D)
         inputs = []
@@ -140,7 +155,7 @@ class BackpropContext(LocalContext):
                 dz = torch.ops.aten.threshold_backward(dz @ params[f"{name}.weight"], inputs[i], 0)  # (B, in_l)
         if self.weight_decay:
             grads = {name: g + self.weight_decay * params[name] for name, g in grads.items()}
-        return params, grads
+        return grads
 
 
 class LoopExecutor:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flbook.algorithms import FedAvg, FedLD
-from flbook.algorithms.base import LocalContext
+from flbook.algorithms.base import Batches, LocalContext
 from flbook.executors import BackpropContext, BatchedExecutor, Cohort
 from flbook.federation import Federation
 from flbook.models import FlatModel, cnn, is_perceptron, logistic, mlp
@@ -75,3 +75,23 @@ def test_chunks_trained_side_by_side_through_functional_call_give_the_same_bits(
                                                            Cohort(fed.x_train, fed.y_train, index),
                                                            fed.context(FedAvg()))
         assert torch.equal(one["delta"], two["delta"])
+
+
+def test_k_steps_on_the_layers_are_k_flat_steps_exactly():
+    """`BackpropContext.sgd` keeps each layer's tensor between steps; padding steps (active False) change nothing."""
+    ctx = BackpropContext(mlp(64, 10, hidden=(16, 8)), 0.1, 1e-3, FedAvg().loss)
+    g = torch.Generator().manual_seed(4)
+    theta = torch.stack([ctx.model.init(seed) for seed in range(3)])  # (M, P)
+    x, y = torch.randn(3, 4, 6, 64, generator=g), torch.randint(0, 10, (3, 4, 6), generator=g)  # (M, K, B, ...)
+    active = torch.tensor([[True] * 4, [True, True, False, False], [True, False, False, False]])  # (M, K)
+
+    def flat_steps(t, xb, yb, on):
+        return FedAvg.local_sgd(t, ctx.sgd_step, Batches(xb, yb, on))
+
+    def layer_steps(t, xb, yb, on):
+        return ctx.sgd(t, Batches(xb, yb, on))
+    for on, dims in ((None, (0, 0, 0, None)), (active, (0, 0, 0, 0))):
+        expected = torch.func.vmap(flat_steps, in_dims=dims)(theta, x, y, on)  # (M, P)
+        assert torch.equal(torch.func.vmap(layer_steps, in_dims=dims)(theta, x, y, on), expected)
+    single = FedAvg.local_sgd(theta[2], ctx.sgd_step, Batches(x[2, :1], y[2, :1]))  # client 2 took one real step
+    assert torch.equal(expected[2], single)

@@ -68,6 +68,10 @@ class LocalContext:
         """One plain local SGD step, theta - eta_l * grad f_i(theta; xi) (P,), as one fused pass over theta."""
         return descend(theta, self.grad(theta, x, y), self.lr)
 
+    def sgd(self, theta: torch.Tensor, batches: Batches) -> torch.Tensor:
+        """Plain local SGD over every local step of `batches` from theta (P,): `sgd_step` applied K times."""
+        return Algorithm.local_sgd(theta, self.sgd_step, batches)
+
 
 def descend(theta: torch.Tensor, g: torch.Tensor, lr: float | torch.Tensor) -> torch.Tensor:
     """theta - lr * g in one fused multiply-add (the arithmetic of `torch.optim.SGD`); `lr` may be a batched scalar

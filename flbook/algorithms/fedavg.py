@@ -27,7 +27,7 @@ class FedAvg(Algorithm):
                       ctx: LocalContext) -> tuple[Tensors, Tensors]:
         x = down["x"]
         # K steps of y <- y - eta_l * grad f_i(y; xi_k), starting from the global model (Alg. 1, ClientUpdate)
-        y = self.local_sgd(x, ctx.sgd_step, batches)
+        y = ctx.sgd(x, batches)
         return {"delta": y - x}, client_state
 
     def aggregate(self, x: torch.Tensor, server_state: Tensors, messages: Tensors, weights: torch.Tensor,
