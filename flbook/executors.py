@@ -259,8 +259,11 @@ class BatchedExecutor:
             mapped = torch.func.vmap(functools.partial(one_client, chunk_ctx), in_dims=in_dims)
             return mapped(client_down, _rows(client_state, rows), cohort.x[index], cohort.y[index], active, lr)
 
-        parts = chunks(cohort.blocks or (cohort.size,), self.chunk_for(cohort, ctx))
-        workers = min(len(parts), self.workers_for(cohort, ctx))
+        chunk, workers = self.chunk_for(cohort, ctx), self.workers_for(cohort, ctx)
+        if workers > 1 and self.chunk_size is None:  # a small cohort still gives every core a share
+            chunk = min(chunk, -(-cohort.size // workers))
+        parts = chunks(cohort.blocks or (cohort.size,), chunk)
+        workers = min(len(parts), workers)
         done = list(_threads(workers).map(train, parts)) if workers > 1 else [train(rows) for rows in parts]
         messages, states = [m for m, _ in done], [s for _, s in done]
         return _cat(messages), (_cat(states) if client_state else {})
