@@ -27,6 +27,8 @@ left out: they are memory traffic, not matrix arithmetic. The machine's rate is 
 over three float32 products with the intra-op thread count the round runs with: the square one of side
 `--peak-size` (1024) and the wide ones of 256 and 32 rows by the same (1024, 1024) matrix. The square rate is
 printed too: on shared cores it can fall to half the best rate, and a fraction of it would flatter the round.
+The batched round trains its chunks on every core (the MLP path), so it is held to the same products run by that
+many threads side by side (`batched_cores`, `cores_peak_gflop_s`); the loop and centralized training to one.
 
 What a reader waits for (`--reader`): for every chapter's control panel (and the foundations' panel of
 chapters 00-02), the seconds from pressing Run at its default settings to the figure, in this process; and
@@ -52,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -65,7 +68,7 @@ from .algorithms import FedAvg
 from .data import Dataset, mnist1d
 from .models import FlatModel
 from .runtime import cpu_threads, resolve_device
-from .executors import BatchedExecutor, LoopExecutor
+from .executors import BatchedExecutor, Cohort, LoopExecutor
 from .decentralized import Decentralized
 from .federation import Federation
 from .partition import iid
@@ -167,29 +170,37 @@ def round_flops(model: FlatModel, sample: torch.Tensor, n_clients: int, local_st
     return local_steps * batch * n_clients * (6 * sum(macs) - 2 * macs[0])
 
 
-def matmul_rate(device: torch.device, size: int = 1024, repeats: int = 5, rows: int | None = None) -> float:
-    """The dense float32 matrix-multiply rate in FLOP/s: median of `torch.mm` of (rows, size) by (size, size)."""
+def matmul_rate(device: torch.device, size: int = 1024, repeats: int = 5, rows: int | None = None,
+                workers: int = 1) -> float:
+    """The dense float32 matrix-multiply rate in FLOP/s: median of `torch.mm` of (rows, size) by (size, size).
+
+    With `workers` > 1, that many CPU threads multiply their own matrices side by side, as the batched executor's
+    chunk threads train, and the rate is their total."""
     rows = size if rows is None else rows
-    a = torch.randn(rows, size, device=device)
-    b = torch.randn(size, size, device=device)
+    pairs = [(torch.randn(rows, size, device=device), torch.randn(size, size, device=device)) for _ in range(workers)]
     calls = max(1, int(1e9 // (2 * rows * size ** 2)))  # about 10^9 FLOPs per timing: long enough to time, short to wait
 
-    def products() -> None:
+    def products(pair: tuple[torch.Tensor, torch.Tensor]) -> None:
         for _ in range(calls):
-            torch.mm(a, b)
-    seconds, _ = _median_time(products, device, repeats)
-    return 2 * rows * size ** 2 * calls / seconds
+            torch.mm(*pair)
+    if workers == 1:
+        seconds, _ = _median_time(lambda: products(pairs[0]), device, repeats)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            seconds, _ = _median_time(lambda: list(pool.map(products, pairs)), device, repeats)
+    return workers * 2 * rows * size ** 2 * calls / seconds
 
 
-def peak_rate(device: torch.device, size: int = 1024, repeats: int = 5) -> tuple[float, float]:
-    """(the square product's rate, the best rate over square and wide products) in FLOP/s.
+def peak_rate(device: torch.device, size: int = 1024, repeats: int = 5, workers: int = 1) -> tuple[float, float]:
+    """(the square product's rate, the best rate over square and wide products) in FLOP/s, on `workers` threads.
 
     The BLAS does not reach its best rate on every shape, and the square product, whose three matrices outgrow a
     core's cache, loses most when other processes share the caches (on 2 shared cores: about 40 GFLOP/s against
     80-90 for the (size/4, size) by (size, size) and (32, size) by (size, size) products, which match it when the
     machine is idle), so the limit a round is held to is the best of the three."""
-    square = matmul_rate(device, size, repeats)
-    return square, max(square, *(matmul_rate(device, size, repeats, rows) for rows in (max(1, size // 4), 32)))
+    square = matmul_rate(device, size, repeats, workers=workers)
+    wide = (matmul_rate(device, size, repeats, rows, workers) for rows in (max(1, size // 4), 32))
+    return square, max(square, *wide)
 
 
 def measure(model: str, n_clients: int, device: torch.device, repeats: int, threads: int | str | None,
@@ -216,8 +227,16 @@ def measure(model: str, n_clients: int, device: torch.device, repeats: int, thre
             row["gflop"] = round_flops(fed.model, fed.x_train[0], n_clients) / 1e9
             square, best = peak_rate(device, peak_size)
             row["square_gflop_s"], row["peak_gflop_s"] = square / 1e9, best / 1e9
+            # each way against the cores it trains on: the loop and centralized training on the round's threads, the
+            # batched round also on its chunk threads (every core on the MLP path)
+            executor = BatchedExecutor()
+            cohort = Cohort(fed.x_train, fed.y_train, index)
+            row["batched_cores"] = executor.workers_for(cohort, executor.context_for(fed.context(FedAvg())))
+            row["cores_peak_gflop_s"] = (row["peak_gflop_s"] if row["batched_cores"] == 1 else
+                                         peak_rate(device, peak_size, workers=row["batched_cores"])[1] / 1e9)
             for way in ("loop", "batched", "centralized"):
-                row[f"{way}_of_peak"] = row["gflop"] / row[f"{way}_s"] / row["peak_gflop_s"]
+                peak = row["cores_peak_gflop_s" if way == "batched" else "peak_gflop_s"]
+                row[f"{way}_of_peak"] = row["gflop"] / row[f"{way}_s"] / peak
     row["loop/batched"] = row["loop_s"] / row["batched_s"]
     row["batched/centralized"] = row["batched_s"] / row["centralized_s"]
     row["auto"] = fed.executor_for(FedAvg()).name
@@ -445,8 +464,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n# Against the machine's limit: matrix GFLOP per round (K*B*M*(6 sum_l c_l - 2 c_1)), the torch.mm "
               f"rate of the {args.peak_size}x{args.peak_size} square and the best over square and wide products, "
               f"with the round's threads, and the fraction of the best each way reaches")
-        print(_format(table[table.model.isin(LIMIT_MODELS)][["model", "clients", "gflop", "square_gflop_s", "peak_gflop_s", "loop_of_peak",
-                             "batched_of_peak", "centralized_of_peak"]], args.markdown))
+        print(_format(table[table.model.isin(LIMIT_MODELS)][[
+            "model", "clients", "gflop", "square_gflop_s", "peak_gflop_s", "batched_cores", "cores_peak_gflop_s",
+            "loop_of_peak", "batched_of_peak", "centralized_of_peak"]], args.markdown))
     if args.end_to_end:
         e2e = end_to_end(device)
         print("\n# FedAvg on MNIST-1D, 100 clients x 100 rounds, MLP")

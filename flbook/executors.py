@@ -227,11 +227,18 @@ class BatchedExecutor:
         floats = 6 * ctx.model.n_params + 2 * batch * ctx.model.activations_per_sample(cohort.x[0])
         return max(1, min(cohort.size, budget // (4 * floats)))
 
+    @staticmethod
+    def context_for(ctx: LocalContext) -> LocalContext:
+        """The context clients train with: explicit backpropagation for a Linear/ReLU chain (`BackpropContext`);
+        a subclass of `LocalContext` keeps its own gradient."""
+        if is_perceptron(ctx.model.module) and type(ctx) is LocalContext:
+            return BackpropContext(**{f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)})
+        return ctx
+
     def __call__(self, algo: Algorithm, down: Tensors, client_state: Tensors, cohort: Cohort, ctx: LocalContext,
                  down_per_client: bool = False) -> tuple[Tensors, Tensors]:
         n_steps = cohort.index.shape[1]
-        if is_perceptron(ctx.model.module) and type(ctx) is LocalContext:  # a subclass keeps its own gradient
-            ctx = BackpropContext(**{f.name: getattr(ctx, f.name) for f in dataclasses.fields(ctx)})
+        ctx = self.context_for(ctx)
 
         def one_client(chunk_ctx, client_down, state, xb, yb, active, lr):
             client_ctx = chunk_ctx if lr is None else dataclasses.replace(chunk_ctx, lr=lr)  # lr: this client's row

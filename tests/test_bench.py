@@ -22,8 +22,9 @@ def test_conv_macs_count_every_output_element():
 
 
 def test_matmul_rate_is_positive_and_finite():
-    rate = matmul_rate(torch.device("cpu"), size=64, repeats=2)
-    assert 1e6 < rate < 1e15
+    for workers in (1, 2):  # one thread, or two multiplying side by side (their total)
+        rate = matmul_rate(torch.device("cpu"), size=64, repeats=2, workers=workers)
+        assert 1e6 < rate < 1e15
 
 
 def test_the_peak_is_the_best_of_square_and_wide_products():
@@ -36,8 +37,8 @@ def test_quick_limit_section_prints_its_columns(capsys):
           "--peak-size", "128"])
     out = capsys.readouterr().out
     section = out.split("# Against the machine's limit")[1]
-    for column in ("gflop", "square_gflop_s", "peak_gflop_s", "loop_of_peak", "batched_of_peak",
-                   "centralized_of_peak"):
+    for column in ("gflop", "square_gflop_s", "peak_gflop_s", "batched_cores", "cores_peak_gflop_s", "loop_of_peak",
+                   "batched_of_peak", "centralized_of_peak"):
         assert column in section
     rows = [line.split() for line in section.splitlines() if line.split()[:1] in (["logistic"], ["mlp"])]
     assert [r[:2] for r in rows] == [["logistic", "2"], ["mlp", "2"]]
