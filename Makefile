@@ -6,6 +6,7 @@
 #   make test-unit | test-notebooks | clean | distclean
 #   make test-ui                 run every notebook in JupyterLab in headless Chromium; screenshots in ui-screenshots/
 #   make test-flower             the Flower bridge's tests (Ray simulation, loopback SuperLink) in .venv-flower
+#   make gpu-check               on a CUDA machine: every notebook on the GPU and the benchmark's GPU rows, into OUT
 #
 # Variables: PYTHON (interpreter that creates .venv), PORT (JupyterLab's port), ARGS or LAB_ARGS
 # (extra JupyterLab options). The environment is rebuilt only when pyproject.toml changes.
@@ -28,7 +29,7 @@ NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_s
 NB_WORKERS ?= 2
 NB_PARALLEL := -n $(NB_WORKERS) --dist loadfile -p notebook_times
 
-.PHONY: help install lab test test-unit test-notebooks test-ui clean distclean
+.PHONY: help install lab test test-unit test-notebooks test-ui gpu-check clean distclean
 
 help:
 	@sed -n '3,11s/^# \{0,1\}//p' Makefile
@@ -99,6 +100,12 @@ $(FLOWER_STAMP): pyproject.toml | $(FLOWER_VENV)/bin/python
 
 test-flower: $(FLOWER_STAMP)
 	time env FLBOOK_DEVICE=cpu $(FLOWER_VENV)/bin/python -m pytest tests/test_flower.py -v --durations=0
+
+# GPU_PYTHON: an interpreter with a CUDA build of torch and the notebooks extra (pip install -e '.[notebooks]').
+GPU_PYTHON ?= python3
+OUT ?= gpu-check
+gpu-check:
+	time env PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m flbook.bench_gpu $(OUT) $(GPU_ARGS)
 
 clean:
 	find . -path ./$(VENV) -prune -o -path ./$(FLOWER_VENV) -prune -o -path ./.git -prune -o \

@@ -29,6 +29,10 @@ over three float32 products with the intra-op thread count the round runs with: 
 printed too: on shared cores it can fall to half the best rate, and a fraction of it would flatter the round.
 The batched round trains its chunks on every core (the MLP path), so it is held to the same products run by that
 many threads side by side (`batched_cores`, `cores_peak_gflop_s`); the loop and centralized training to one.
+The memory side: the bytes a batched round must move (`round_bytes`: per client and step 5P floats of parameters
+and gradient, 3BA of activations) over the copy bandwidth (`memory_rate`); `bound_s` is the larger of the two
+limits and `batched/bound` the round's time over it. `python -m flbook.bench_gpu` runs the GPU rows and every
+notebook on a GPU in one go.
 
 What a reader waits for (`--reader`): for every chapter's control panel (and the foundations' panel of
 chapters 00-02), the seconds from pressing Run at its default settings to the figure, in this process; and
@@ -170,6 +174,26 @@ def round_flops(model: FlatModel, sample: torch.Tensor, n_clients: int, local_st
     return local_steps * batch * n_clients * (6 * sum(macs) - 2 * macs[0])
 
 
+def round_bytes(model: FlatModel, sample: torch.Tensor, n_clients: int, local_steps: int = LOCAL_STEPS,
+                batch: int = BATCH) -> int:
+    """Bytes one batched round must move at least, in float32: per client and local step its parameters are read by
+    the forward and the backward pass and written by the step, and the gradient is written and read (5 P floats);
+    the batch's activations are written forward and read twice backward (3 B A floats, A per sample). Against the
+    copy bandwidth of `memory_rate` this assumes every byte goes to main memory: a round whose stacked parameters
+    stay in the caches (a few small clients) can beat that limit."""
+    floats = 5 * model.n_params + 3 * batch * model.activations_per_sample(sample)
+    return 4 * local_steps * n_clients * floats
+
+
+def memory_rate(device: torch.device, mib: int | None = None, repeats: int = 5) -> float:
+    """Memory bandwidth in bytes/s: median of copying a tensor far larger than the caches (read + write)."""
+    mib = mib or (1024 if device.type == "cuda" else 256)
+    src = torch.empty(mib * 2**18, device=device).normal_()  # mib MiB of float32
+    dst = torch.empty_like(src)
+    seconds, _ = _median_time(lambda: dst.copy_(src), device, repeats)
+    return 2 * src.numel() * 4 / seconds
+
+
 def matmul_rate(device: torch.device, size: int = 1024, repeats: int = 5, rows: int | None = None,
                 workers: int = 1) -> float:
     """The dense float32 matrix-multiply rate in FLOP/s: median of `torch.mm` of (rows, size) by (size, size).
@@ -203,11 +227,18 @@ def peak_rate(device: torch.device, size: int = 1024, repeats: int = 5, workers:
     return square, max(square, *wide)
 
 
-def measure(model: str, n_clients: int, device: torch.device, repeats: int, threads: int | str | None,
-            peak_size: int | None = None) -> dict:
-    """Time one round of each executor and centralized training for one model and cohort size.
+WAYS = ("loop", "batched", "centralized")
 
-    With `peak_size`, also the round's FLOPs and the fraction of the matrix-multiply rate each one reaches."""
+
+def measure(model: str, n_clients: int, device: torch.device, repeats: int, threads: int | str | None,
+            peak_size: int | None = None, ways: tuple[str, ...] = WAYS) -> dict:
+    """Time one round of each executor and centralized training (those of `ways`) for one model and cohort size.
+
+    With `peak_size`, also the round's FLOPs and bytes, the fraction of the matrix-multiply rate each way reaches,
+    and the batched round against the larger of its compute and memory-bandwidth limits."""
+    unknown = set(ways) - set(WAYS)
+    if not ways or unknown:
+        raise ValueError(f"ways must be a non-empty selection of {WAYS}, got {ways}")
     data, parts = _task(n_clients, device)
     # "vit": the book's tiny ViT, 16 patches (of 7x7 here, of 2x2 on digits), width 32, 4 blocks
     built = vit(data.input_shape, data.n_classes, patch=7) if model == "vit" else model
@@ -215,14 +246,15 @@ def measure(model: str, n_clients: int, device: torch.device, repeats: int, thre
                      threads=threads)
     row = {"model": model, "clients": n_clients, "params": fed.model.n_params}
     with cpu_threads(fed.thread_count()):
-        for executor in (LoopExecutor(), BatchedExecutor()):
+        for executor in (e for e in (LoopExecutor(), BatchedExecutor()) if e.name in ways):
             state = fed.start(FedAvg())
             state.executor = executor
             seconds, peak = _median_time(lambda: fed.train_round(state), device, repeats)
             row[f"{executor.name}_s"], row[f"{executor.name}_peak_mib"] = seconds, peak
         index = fed.sample_batches(torch.arange(n_clients, device=device), None,
                                    torch.Generator(device=device).manual_seed(0))
-        row["centralized_s"], _ = _median_time(_centralized(fed, index), device, repeats)
+        if "centralized" in ways:
+            row["centralized_s"], _ = _median_time(_centralized(fed, index), device, repeats)
         if peak_size is not None and model in LIMIT_MODELS:
             row["gflop"] = round_flops(fed.model, fed.x_train[0], n_clients) / 1e9
             square, best = peak_rate(device, peak_size)
@@ -234,11 +266,18 @@ def measure(model: str, n_clients: int, device: torch.device, repeats: int, thre
             row["batched_cores"] = executor.workers_for(cohort, executor.context_for(fed.context(FedAvg())))
             row["cores_peak_gflop_s"] = (row["peak_gflop_s"] if row["batched_cores"] == 1 else
                                          peak_rate(device, peak_size, workers=row["batched_cores"])[1] / 1e9)
-            for way in ("loop", "batched", "centralized"):
+            for way in ways:
                 peak = row["cores_peak_gflop_s" if way == "batched" else "peak_gflop_s"]
                 row[f"{way}_of_peak"] = row["gflop"] / row[f"{way}_s"] / peak
-    row["loop/batched"] = row["loop_s"] / row["batched_s"]
-    row["batched/centralized"] = row["batched_s"] / row["centralized_s"]
+            row["gbyte"] = round_bytes(fed.model, fed.x_train[0], n_clients) / 1e9
+            row["memory_gb_s"] = memory_rate(device) / 1e9
+            row["bound_s"] = max(row["gflop"] / row["cores_peak_gflop_s"], row["gbyte"] / row["memory_gb_s"])
+            if "batched" in ways:
+                row["batched/bound"] = row["batched_s"] / row["bound_s"]
+    if {"loop", "batched"} <= set(ways):
+        row["loop/batched"] = row["loop_s"] / row["batched_s"]
+    if {"batched", "centralized"} <= set(ways):
+        row["batched/centralized"] = row["batched_s"] / row["centralized_s"]
     row["auto"] = fed.executor_for(FedAvg()).name
     return row
 
@@ -306,18 +345,27 @@ def panel_latency(panels: dict[str, tuple[Callable, dict, Callable]] | None = No
     return pd.DataFrame(rows)
 
 
-def notebook_latency(folder: Path) -> pd.DataFrame:
-    """Seconds each notebook takes to run in a fresh kernel (`jupyter nbconvert --execute`) on the CPU."""
-    env = {**os.environ, "FLBOOK_DEVICE": "cpu", "PYTHONHASHSEED": "0"}
+def notebook_latency(folder: Path, device: str = "cpu", out: Path | None = None, workers: int = 1) -> pd.DataFrame:
+    """Seconds each notebook takes to run in a fresh kernel (`jupyter nbconvert --execute`) with FLBOOK_DEVICE=device,
+    `workers` notebooks at a time; the executed notebooks are kept in `out` when given (with an error, its log)."""
+    env = {**os.environ, "FLBOOK_DEVICE": device, "PYTHONHASHSEED": "0"}
     env.pop("MPLBACKEND", None)
-    rows = []
-    with tempfile.TemporaryDirectory() as out:
-        for notebook in sorted(folder.glob("*.ipynb")):
+    with tempfile.TemporaryDirectory() as scratch:
+        target = Path(out or scratch)
+        target.mkdir(parents=True, exist_ok=True)
+
+        def execute(notebook: Path) -> dict:
             start = time.perf_counter()
             done = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-                                   "--output-dir", out, str(notebook)], env=env, capture_output=True, cwd=folder)
-            rows.append({"notebook": notebook.name, "seconds": time.perf_counter() - start, "ok": done.returncode == 0})
-            print(f"  {notebook.name:32s} {rows[-1]['seconds']:6.1f} s", flush=True)
+                                   "--output-dir", str(target), str(notebook)], env=env, capture_output=True,
+                                  cwd=folder, text=True)
+            row = {"notebook": notebook.name, "seconds": time.perf_counter() - start, "ok": done.returncode == 0}
+            if not row["ok"]:
+                (target / f"{notebook.stem}.log").write_text(done.stderr)
+            print(f"  {notebook.name:32s} {row['seconds']:6.1f} s{'' if row['ok'] else '  FAILED'}", flush=True)
+            return row
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            rows = list(pool.map(execute, sorted(folder.glob("*.ipynb"))))
     return pd.DataFrame(rows)
 
 
@@ -390,6 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", action="store_true",
                         help="also FLOPs per round and the fraction of the measured torch.mm rate reached")
     parser.add_argument("--peak-size", type=int, default=1024, help="side of the square matrices timed for --limit")
+    parser.add_argument("--ways", default=",".join(WAYS), help="comma-separated ways to time: loop,batched,centralized")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--gossip", action="store_true",
                         help="only a gossip round of 1000 nodes (ring, Q=1) against a 1000-client FedAvg round")
@@ -442,6 +491,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     threads = args.threads if args.threads == "auto" else int(args.threads)
     repeats = 2 if args.quick else args.repeats
+    ways = tuple(args.ways.split(","))
     if args.protocol:
         print(f"# One protocol.compare on {machine(device)}: FedAvg vs SCAFFOLD with controls, digits, 20 clients, "
               f"30 rounds, 3 seeds, default grids; median of {repeats}", flush=True)
@@ -453,20 +503,24 @@ def main(argv: list[str] | None = None) -> None:
     for model in args.models.split(","):
         cohorts = tuple(int(c) for c in args.clients.split(",")) if args.clients else COHORTS[model]
         for n_clients in (c for c in cohorts if not args.quick or c <= 100):
-            rows.append(measure(model, n_clients, device, repeats, threads, args.peak_size if args.limit else None))
-            print(f"  {model:8s} {n_clients:5d} clients: loop {rows[-1]['loop_s']:.3f} s, "
-                  f"batched {rows[-1]['batched_s']:.3f} s, centralized {rows[-1]['centralized_s']:.3f} s", flush=True)
+            rows.append(measure(model, n_clients, device, repeats, threads, args.peak_size if args.limit else None,
+                                ways))
+            print(f"  {model:8s} {n_clients:5d} clients: " +
+                  ", ".join(f"{way} {rows[-1][f'{way}_s']:.3f} s" for way in ways), flush=True)
     table = pd.DataFrame(rows)
     cols = ["model", "clients", "loop_s", "batched_s", "centralized_s", "loop/batched", "batched/centralized",
             "loop_peak_mib", "batched_peak_mib", "auto"]
-    print(_format(table[cols], args.markdown))
+    print(_format(table[[c for c in cols if c in table]], args.markdown))
     if args.limit:
         print(f"\n# Against the machine's limit: matrix GFLOP per round (K*B*M*(6 sum_l c_l - 2 c_1)), the torch.mm "
               f"rate of the {args.peak_size}x{args.peak_size} square and the best over square and wide products, "
-              f"with the round's threads, and the fraction of the best each way reaches")
-        print(_format(table[table.model.isin(LIMIT_MODELS)][[
-            "model", "clients", "gflop", "square_gflop_s", "peak_gflop_s", "batched_cores", "cores_peak_gflop_s",
-            "loop_of_peak", "batched_of_peak", "centralized_of_peak"]], args.markdown))
+              f"with the round's threads, and the fraction of the best each way reaches; GB the batched round must "
+              f"move (K*M*4*(5P + 3BA)), the copy bandwidth, the larger of the two limits in seconds (bound_s) and "
+              f"the batched round's time over it")
+        limit = ["model", "clients", "gflop", "square_gflop_s", "peak_gflop_s", "batched_cores", "cores_peak_gflop_s",
+                 "loop_of_peak", "batched_of_peak", "centralized_of_peak", "gbyte", "memory_gb_s", "bound_s",
+                 "batched/bound"]
+        print(_format(table[table.model.isin(LIMIT_MODELS)][[c for c in limit if c in table]], args.markdown))
     if args.end_to_end:
         e2e = end_to_end(device)
         print("\n# FedAvg on MNIST-1D, 100 clients x 100 rounds, MLP")

@@ -97,3 +97,35 @@ def test_robust_section_times_every_case_and_checks_a_byzfl_interpreter_against_
     (tmp_path / "byzfl.py").write_text("raise ImportError('no torchvision')\n")
     with pytest.raises(RuntimeError, match="no torchvision"):
         bench_robust.byzfl_times(sys.executable, 1, 1, m=30, p=200, pythonpath=str(tmp_path))
+
+
+def test_round_bytes_counts_parameters_and_activations():
+    from flbook.bench import round_bytes
+    model, sample = mlp(64, 10, hidden=(16,)), torch.zeros(64)
+    floats = 5 * model.n_params + 3 * 4 * model.activations_per_sample(sample)  # per client and step, batch 4
+    assert round_bytes(model, sample, 3, local_steps=2, batch=4) == 4 * 2 * 3 * floats
+
+
+def test_memory_rate_is_positive_and_finite():
+    from flbook.bench import memory_rate
+    assert 1e6 < memory_rate(torch.device("cpu"), mib=8, repeats=2) < 1e13
+
+
+def test_gpu_book_runs_every_notebook_and_reports_the_rows(tmp_path, monkeypatch):
+    """The prepared GPU run, here on the CPU with tiny cohorts: notebooks executed into OUT (a failing one leaves
+    its log and is counted), the limit rows in OUT/gpu.md."""
+    import nbformat
+    from flbook import bench_gpu
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for name, code in (("good", "import os\nprint(os.environ['FLBOOK_DEVICE'])"), ("bad", "raise RuntimeError('x')")):
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), folder / f"{name}.ipynb")
+    monkeypatch.setattr(bench_gpu, "COHORTS", ((2, ("loop", "batched")), (3, ("batched",))))
+    out = tmp_path / "out"
+    bench_gpu.main([str(out), "--device", "cpu", "--notebooks", str(folder), "--repeats", "1", "--peak-size", "64"])
+    report = (out / "gpu.md").read_text()
+    assert "1 of 2 ran to the end" in report and (out / "notebooks" / "good.ipynb").exists()
+    assert "RuntimeError" in (out / "notebooks" / "bad.log").read_text()
+    assert "cpu" in nbformat.read(out / "notebooks" / "good.ipynb", 4).cells[0].outputs[0].text
+    rows = [line for line in report.splitlines() if line.startswith("| 2 ") or line.startswith("| 3 ")]
+    assert len(rows) == 2 and "nan" in rows[1]  # the 3-client row times the batched round only

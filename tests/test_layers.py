@@ -32,6 +32,7 @@ LAYERS = {  # top-level module or subpackage -> layer
     "bench": 6,  # a tool: it times the chapters' panels too
     "flower": 6,  # the optional Flower bridge (methods by name, so above the core); only bench imports it
     "bench_robust": 6,  # the benchmark's robust section (against ByzFL in a separate interpreter)
+    "bench_gpu": 6,  # the book on a GPU in one prepared run (every notebook, the benchmark's GPU rows)
 }
 CORE = {name for name, layer in LAYERS.items() if layer == 2}
 
