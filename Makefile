@@ -103,6 +103,7 @@ test-flower: $(FLOWER_STAMP)
 
 # GPU_PYTHON: an interpreter with a CUDA build of torch and the notebooks extra (pip install -e '.[notebooks]').
 GPU_PYTHON ?= python3
+# GPU_ARGS go to python -m flbook.bench_gpu (e.g. --skip-notebooks, --workers 8).
 OUT ?= gpu-check
 gpu-check:
 	time env PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m flbook.bench_gpu $(OUT) $(GPU_ARGS)
