@@ -26,7 +26,7 @@ def through_flower(settings: dict) -> FlbookStrategy:
 
 
 @pytest.mark.parametrize("algorithm, extra", [("FedAvg", {}), ("SCAFFOLD", {}), ("FedAdam", {"algorithm-server-lr": 0.02}),
-                                              ("FedProx", {"algorithm-mu": 0.1})])
+                                              ("FedProx", {"algorithm-mu": 0.1}), ("FedAvgM", {}), ("FedSpeed", {})])
 def test_flower_gives_the_federations_model(algorithm, extra):
     settings = {**SMALL, "algorithm": algorithm, **extra}
     strategy = through_flower(settings)
