@@ -6,9 +6,9 @@ import torch
 from conftest import equal_parts
 from flbook import Federation
 from flbook.algorithms import FedAvg, Scaffold
-from flbook.channel.compression import (COMPRESSORS, QSGD, CompressedChannel, Compressor, KMeans, TopK,
-                                        UniformQuantizer, fedzip, kmeans, layers_of, make_compressor, qsgd, top_k,
-                                        uniform)
+from flbook.channel.compression import (COMPRESSORS, CompressedChannel, Compressor, fedzip, kmeans, layers_of,
+                                        make_compressor, qsgd, top_k, uniform)
+from flbook.channel.quantizers import QSGD, KMeans, TopK, UniformQuantizer
 from flbook.models import mlp
 
 PIPELINES = [

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import flbook.algorithms as algorithms
 from flbook.channel import NoisyChannel
-from flbook.channel.compression import QSGD, KMeans, TopK, UniformQuantizer
+from flbook.channel.quantizers import QSGD, KMeans, TopK, UniformQuantizer
 from flbook.partition import dirichlet, feature_skew, iid, inner_dirichlet, pathological, quantity_skew, shards
 
 # Anything a user might pass: numbers of every kind (NaN, inf, huge, negative, fractional), bools, None, strings.

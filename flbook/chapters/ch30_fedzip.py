@@ -16,7 +16,7 @@ from .. import protocol
 from ..algorithms import FedAvg
 from ..algorithms.base import Algorithm
 from ..channel import COMPRESSORS, CompressedChannel, Compressor, fedzip, top_k
-from ..channel.compression import KMeans
+from ..channel.quantizers import KMeans
 from ..channel.compression import FEDZIP_ENCODERS
 from ..data import Dataset
 from ..history import window_mean
