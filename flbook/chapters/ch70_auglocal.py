@@ -19,7 +19,7 @@ from ..auglocal import local_network, residual_mlp
 from ..centralized import Build, fit, seeded_init
 from ..data import load
 from ..local_learning import LocalLearner
-from ..plots import learning_curves
+from ..plots import accuracy_vs_memory, learning_curves
 from ..widgets import chosen, knob, selection
 
 DEFAULTS: dict[str, object] = {"n_layers": 8, "width": 32, "n_modules": 8, "depth": 3, "tau": 0.5, "lr": 3e-3,
@@ -88,10 +88,7 @@ def figure(history: pd.DataFrame) -> Figure:
     fig, (curves, memory, layers) = plt.subplots(1, 3, figsize=(14.0, 3.6), layout="constrained")
     learning_curves(history, ax=curves)
     curves.set_xlabel("epoch")
-    table = summary(history).reset_index()
-    sns.scatterplot(data=table, x="activations", y="accuracy", hue="algorithm", s=80, ax=memory, legend=False)
-    memory.set(xlabel="activation floats kept per sample", ylabel="test accuracy (last 5 epochs)")
-    memory.set_xlim(left=0)
+    accuracy_vs_memory(summary(history).reset_index(), 5, ax=memory)
     sns.lineplot(data=probes(history), x="layer", y="probe accuracy", hue="algorithm", marker="o", ax=layers,
                  legend=False)
     layers.set(xlabel="layer l", ylabel="linear-probe test accuracy")

@@ -10,14 +10,13 @@ from typing import Mapping
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 
 from ..centralized import Build, fit, seeded_init
 from ..data import load
 from ..feature_reconstruction import local_vit
 from ..local_learning import LocalLearner
-from ..plots import learning_curves
+from ..plots import accuracy_vs_memory, learning_curves
 from ..transformer import vit
 from ..widgets import chosen, knob, selection
 
@@ -66,10 +65,7 @@ def figure(history: pd.DataFrame) -> Figure:
     fig, (curves, memory) = plt.subplots(1, 2, figsize=(11.0, 3.6), layout="constrained")
     learning_curves(history, ax=curves)
     curves.set_xlabel("epoch")
-    table = summary(history).reset_index()
-    sns.scatterplot(data=table, x="activations", y="accuracy", hue="algorithm", s=80, ax=memory, legend=False)
-    memory.set(xlabel="activation floats kept per sample", ylabel="test accuracy (last 3 epochs)")
-    memory.set_xlim(left=0)
+    accuracy_vs_memory(summary(history).reset_index(), 3, ax=memory)
     return fig
 
 

@@ -72,6 +72,16 @@ def accuracy_vs_bytes(history: pd.DataFrame, ax: Axes | None = None) -> Axes:
     return learning_curves(total, y="test_acc", x="bytes_total", ax=ax)
 
 
+def accuracy_vs_memory(table: pd.DataFrame, last: int, ax: Axes | None = None) -> Axes:
+    """One dot per method (`table`: columns algorithm, activations, accuracy): its test accuracy, the mean of the last
+    `last` epochs, against the activation floats it keeps per sample for the backward pass; memory from zero."""
+    ax = _axes(ax)
+    sns.scatterplot(data=table, x="activations", y="accuracy", hue="algorithm", s=80, ax=ax, legend=False)
+    ax.set(xlabel="activation floats kept per sample", ylabel=f"test accuracy (last {last} epochs)")
+    ax.set_xlim(left=0)
+    return ax
+
+
 def accuracy_figure(history: pd.DataFrame) -> Figure:
     """Test accuracy per round (left) and per MB communicated (right): a `plot` for control panels."""
     fig, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(10.0, 3.5), sharey=True, layout="constrained")
