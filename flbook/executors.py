@@ -212,7 +212,8 @@ class BatchedExecutor:
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     def chunk_for(self, cohort: Cohort, ctx: LocalContext) -> int:
-        """Clients per chunk: the user's choice, else as many as fit the memory budget.
+        """Clients per chunk: the user's choice, else as many as fit the memory budget, and at most an equal share
+        per core when chunks train on several cores and each share's step is large work (`SHARE_WORK`).
 
         On a GPU the budget is half the free memory. On a CPU it is 32 MiB, about a last-level cache: stacked
         per-client weights that spill out of it make every elementwise pass of a step run at memory speed and
@@ -231,7 +232,10 @@ class BatchedExecutor:
         # per client, about six parameter-sized tensors live in a step (parameters, gradient pieces and their flat
         # copy, the scaled step, the update, the message), plus forward and backward activations of a batch
         floats = 6 * ctx.model.n_params + 2 * batch * ctx.model.activations_per_sample(cohort.x[0])
-        return max(1, min(cohort.size, budget // (4 * floats)))
+        fit = max(1, min(cohort.size, budget // (4 * floats)))
+        workers = self.workers_for(cohort, ctx)
+        share = -(-cohort.size // workers)  # a small cohort of large steps still gives every core a share
+        return min(fit, share) if workers > 1 and share * batch * ctx.model.n_params >= SHARE_WORK else fit
 
     @staticmethod
     def context_for(ctx: LocalContext) -> LocalContext:
@@ -272,12 +276,8 @@ class BatchedExecutor:
             mapped = torch.func.vmap(functools.partial(one_client, chunk_ctx), in_dims=in_dims)
             return mapped(client_down, _rows(client_state, rows), cohort.x[index], cohort.y[index], active, lr)
 
-        chunk, workers = self.chunk_for(cohort, ctx), self.workers_for(cohort, ctx)
-        share = -(-cohort.size // workers)  # a small cohort of large steps still gives every core a share
-        if workers > 1 and self.chunk_size is None and share * cohort.index.shape[2] * ctx.model.n_params >= SHARE_WORK:
-            chunk = min(chunk, share)
-        parts = chunks(cohort.blocks or (cohort.size,), chunk)
-        workers = min(len(parts), workers)
+        parts = chunks(cohort.blocks or (cohort.size,), self.chunk_for(cohort, ctx))
+        workers = min(len(parts), self.workers_for(cohort, ctx))
         done = list(_threads(workers).map(train, parts)) if workers > 1 else [train(rows) for rows in parts]
         messages, states = [m for m, _ in done], [s for _, s in done]
         return _cat(messages), (_cat(states) if client_state else {})

@@ -95,3 +95,17 @@ def test_k_steps_on_the_layers_are_k_flat_steps_exactly():
         assert torch.equal(torch.func.vmap(layer_steps, in_dims=dims)(theta, x, y, on), expected)
     single = FedAvg.local_sgd(theta[2], ctx.sgd_step, Batches(x[2, :1], y[2, :1]))  # client 2 took one real step
     assert torch.equal(expected[2], single)
+
+
+def test_a_small_cohort_of_large_steps_is_shared_among_the_cores(monkeypatch):
+    """Ten clients fit one chunk; on two chunk threads the MLP's 5 x 32 x 50k multiply-adds per share are worth a
+    second core, a logistic regression's 5 x 32 x 650 are not (the extra chunk's per-op cost outweighs it)."""
+    monkeypatch.setattr(BatchedExecutor, "workers_for", lambda self, cohort, ctx: 2)
+
+    def cohort(features: int) -> Cohort:
+        return Cohort(torch.zeros(100, features), torch.zeros(100, dtype=torch.long),
+                      torch.zeros(10, 5, 32, dtype=torch.long))
+    big, small = mlp(40, 10), logistic(64, 10)
+    assert BatchedExecutor().chunk_for(cohort(40), BackpropContext(big, 0.1, 0.0, FedAvg().loss)) == 5
+    assert BatchedExecutor().chunk_for(cohort(64), BackpropContext(small, 0.1, 0.0, FedAvg().loss)) == 10
+    assert BatchedExecutor(chunk_size=10).chunk_for(cohort(40), BackpropContext(big, 0.1, 0.0, FedAvg().loss)) == 10
