@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = gpu_rows(device, args.repeats, args.peak_size)
     columns = ["clients", "loop_s", "batched_s", "centralized_s", "batched_peak_mib", "gflop", "peak_gflop_s",
                "batched_of_peak", "gbyte", "memory_gb_s", "bound_s", "batched/bound"]
-    report += ["\n## FedAvg rounds of the MNIST-shaped MLP against the limits", _format(rows[[c for c in columns if c in rows]], True)]
+    table = _format(rows[[c for c in columns if c in rows]], True)
+    report += ["\n## FedAvg rounds of the MNIST-shaped MLP against the limits", table]
     (args.out / "gpu.md").write_text("\n".join(report) + "\n")
     print("\n".join(report[-2:]))
 

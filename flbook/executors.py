@@ -29,7 +29,7 @@ from torch import nn
 
 from . import validation as V
 from .algorithms.base import Algorithm, Batches, LocalContext, Tensors, descend
-from .models import cross_entropy, is_perceptron
+from .models import cross_entropy, is_perceptron, log_softmax
 
 
 @dataclass(frozen=True)
@@ -147,10 +147,10 @@ class BackpropContext(LocalContext):
             inputs.append(h)
             z = torch.addmm(params[f"{name}.bias"], h, params[f"{name}.weight"].t())  # (B, out_l)
             h = z.relu() if i + 1 < len(linears) else z
-        # d mean CE / d logits = (softmax(z) - onehot(y)) / B, as autograd computes it through `models.log_softmax`
-        # (the transposed view: classes along the first axis)
+        # d mean CE / d logits = (softmax(z) - onehot(y)) / B, as autograd computes it through `models.log_softmax`,
+        # whose kernel runs on the transposed view (classes along the first axis)
         d_log_p = torch.where(y[:, None] == torch.arange(h.shape[1], device=h.device), -1.0 / h.shape[0], 0.0)
-        log_p = h.t().log_softmax(0)  # (C, B)
+        log_p = log_softmax(h).t()  # (C, B)
         dz = torch.ops.aten._log_softmax_backward_data(d_log_p.t(), log_p, 0, h.dtype).t()  # (B, C)
         grads = {}
         for i in reversed(range(len(linears))):  # backward: dW_l = dz_l^T h_{l-1}, db_l = sum_b dz_l

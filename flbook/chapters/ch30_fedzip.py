@@ -15,8 +15,7 @@ from matplotlib.figure import Figure
 from .. import protocol
 from ..algorithms import FedAvg
 from ..algorithms.base import Algorithm
-from ..channel import COMPRESSORS, CompressedChannel, Compressor, fedzip, top_k
-from ..channel.quantizers import KMeans
+from ..channel import COMPRESSORS, CompressedChannel, Compressor, KMeans, fedzip, top_k
 from ..channel.compression import FEDZIP_ENCODERS
 from ..data import Dataset
 from ..history import window_mean
